@@ -1,0 +1,275 @@
+"""The one training loop: AdamW, warm-up and decay, clipping, bf16 autocast on CUDA, validation with
+early stopping, checkpoints and exact resume. Both the tokenizer and the retriever train through it.
+
+A task is any object with `model`, `batch(step)` and `loss(batch)`; optionally `validate()` (returns
+metrics with a "score", higher is better) and `after_step(step, batch)`. Because `batch(step)` is a
+pure function of the step (see `epoch_indices`) and the checkpoint carries the optimizer and RNG
+states, a resumed run continues exactly where the interrupted one stopped.
+
+Checkpoints are safetensors files (no pickles): tensors for the weights, the optimizer state and
+the RNG, JSON metadata for the rest, and the fingerprint of the stage's settings and inputs; a
+checkpoint whose fingerprint differs is not resumed.
+"""
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from semrec.errors import StageFailed
+from semrec.report import Reporter
+
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine | inverse_sqrt
+    grad_clip: float = 0.0
+    checkpoint_every: int = 1000
+    eval_every: int = 0  # 0: validate once, at the end
+    patience: int = 0  # validations without improvement before stopping; 0: never stop early
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast, on CUDA only
+    description: str = "training"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    stopped_early: bool = False
+
+
+def resolve_device(setting: str) -> torch.device:
+    """"auto" -> the first CUDA device if there is one, else the CPU; anything else as torch names it."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError as e:
+        raise StageFailed(f"unknown device {setting!r}", "use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StageFailed(f"device {setting!r} asked for, but no CUDA GPU is visible", "set the device to auto or cpu")
+    return device
+
+
+@lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def epoch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of the examples of `step`: consecutive slices of a fresh seeded permutation per epoch.
+
+    A pure function of its arguments, so the data order after a resume equals the uninterrupted one.
+    The tail that does not fill a batch is left out of that epoch (it is in the next one's shuffle).
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = _permutation(n, seed, epoch)
+    return perm if n <= batch_size else perm[k * batch_size : (k + 1) * batch_size]
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "inverse_sqrt":
+        return config.lr * math.sqrt(max(config.warmup_steps, 1) / max(step + 1, config.warmup_steps, 1))
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms or embeddings' 1-d parts)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _state_tensors(model: torch.nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    # clone: tied weights share storage, which safetensors refuses to save twice
+    return {prefix + k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path: Path, model, optimizer, fingerprint: str, progress: dict) -> None:
+    from safetensors.torch import save_file
+
+    from semrec.workspace import atomic_path
+
+    tensors = _state_tensors(model)
+    opt = optimizer.state_dict()
+    for index, slots in opt["state"].items():
+        for name, value in slots.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    metadata = {
+        "fingerprint": fingerprint,
+        "progress": json.dumps(progress),
+        "param_groups": json.dumps(opt["param_groups"]),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore weights, optimizer and RNG; return the saved progress (step, history, best ...)."""
+    from safetensors import safe_open
+
+    device = next(model.parameters()).device
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return json.loads(metadata["progress"])
+
+
+def checkpoint_fingerprint(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata().get("fingerprint")
+
+
+def _finite_or_fail(loss: torch.Tensor, parts: dict, step: int, last_saved: int) -> None:
+    if torch.isfinite(loss):
+        return
+    bad = [name for name, value in parts.items() if not math.isfinite(float(value))] or ["total"]
+    kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was saved yet"
+    raise StageFailed(
+        f"loss {', '.join(bad)} became {float(loss)} at step {step}",
+        f"{kept}; lower the learning rate or check the inputs for NaN, then run the command again",
+    )
+
+
+def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, reporter: Reporter | None = None,
+          resume: bool = True) -> TrainResult:
+    reporter = reporter or Reporter()
+    model = task.model
+    device = next(model.parameters()).device
+    optimizer = _optimizer(model, config)
+    validate = getattr(task, "validate", None)
+    after_step = getattr(task, "after_step", None)
+    checkpoint_dir = Path(checkpoint_dir)
+    last_path, best_path = checkpoint_dir / LAST, checkpoint_dir / BEST
+
+    progress = {"step": 0, "history": [], "best": None, "bad_validations": 0, "stopped_early": False}
+    if resume and last_path.exists():
+        if checkpoint_fingerprint(last_path) == fingerprint:
+            progress = load_checkpoint(last_path, model, optimizer)
+            reporter.info(f"resuming {config.description} from its checkpoint at step {progress['step']}")
+        else:
+            reporter.warn(f"{last_path} was made with other settings or inputs: starting from scratch")
+    elif not resume:
+        last_path.unlink(missing_ok=True)
+        best_path.unlink(missing_ok=True)
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.amp else nullcontext()
+    )
+    log_every = max(1, min(100, config.steps // 100))
+    running: dict[str, float] = {}
+    last_saved = progress["step"]
+
+    def run_validation() -> None:
+        model.eval()
+        with torch.no_grad(), autocast:
+            metrics = {k: float(v) for k, v in validate().items()}
+        model.train()
+        entry = {"step": progress["step"], **{f"valid_{k}": v for k, v in metrics.items()}}
+        progress["history"].append(entry)
+        best = progress["best"]
+        if best is None or metrics["score"] > best["score"]:
+            progress["best"] = {"step": progress["step"], **metrics}
+            progress["bad_validations"] = 0
+            from safetensors.torch import save_file
+
+            from semrec.workspace import atomic_path
+
+            with atomic_path(best_path) as tmp:
+                save_file(_state_tensors(model, ""), str(tmp))
+        else:
+            progress["bad_validations"] += 1
+        reporter.info(
+            f"step {progress['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            + f" (best {progress['best']['score']:.4f} at step {progress['best']['step']})"
+        )
+        if config.patience and progress["bad_validations"] >= config.patience:
+            progress["stopped_early"] = True
+
+    model.train()
+    with reporter.progress(config.description, total=config.steps) as bar:
+        bar.advance(progress["step"])
+        while progress["step"] < config.steps and not progress["stopped_early"]:
+            step = progress["step"]
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = task.batch(step)
+            with autocast:
+                loss, parts = task.loss(batch)
+            _finite_or_fail(loss, parts, step, last_saved)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(step, batch)
+            progress["step"] = step + 1
+            bar.advance()
+
+            for name, value in {"loss": loss.detach(), **parts}.items():
+                running[name] = running.get(name, 0.0) + float(value)
+            if progress["step"] % log_every == 0 or progress["step"] == config.steps:
+                n = log_every if progress["step"] % log_every == 0 else progress["step"] % log_every
+                means = {name: total / n for name, total in running.items()}
+                progress["history"].append({"step": progress["step"], "lr": lr, **means})
+                bar.show(**means)
+                running = {}
+
+            done = progress["step"] == config.steps
+            if validate is not None and ((config.eval_every and progress["step"] % config.eval_every == 0) or done):
+                run_validation()
+            if progress["step"] % config.checkpoint_every == 0 or done or progress["stopped_early"]:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(last_path, model, optimizer, fingerprint, progress)
+                last_saved = progress["step"]
+
+    if progress["stopped_early"]:
+        reporter.info(f"stopped early at step {progress['step']}: no improvement in {config.patience} validations")
+    if validate is not None and progress["best"] is not None and best_path.exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(best_path), device=str(device)))
+    return TrainResult(
+        steps=progress["step"], history=progress["history"], best=progress["best"],
+        stopped_early=progress["stopped_early"],
+    )
