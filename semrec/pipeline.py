@@ -46,7 +46,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "tag",
             "semrec.tags.stage:run_tag",
-            ("tag", "-tag.llm.concurrency", "-tag.llm.timeout_s", "-tag.llm.max_retries"),
+            ("tag", "-tag.llm.concurrency", "-tag.llm.timeout_s", "-tag.llm.max_retries", "-tag.llm.retry_wait_s"),
             ("tags.parquet",),
             _needs("download", "embed"),
         ),

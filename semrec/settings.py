@@ -57,14 +57,17 @@ class DataSettings:
     )
     variant: str = setting(
         "",
-        "Which release: amazon: beauty | sports | toys; movielens: 1m | 32m; kuairand: pure | 1k; demo and custom: ''.",
+        "Which release ('' = the first listed): amazon: beauty | sports | toys; movielens: 1m | 32m; "
+        "kuairand: pure | 1k; demo and custom: ''.",
     )
     source_format: Literal["raw", "p5"] = setting(
         "raw",
         "amazon only: 'raw' = the UCSD 2014 5-core reviews + metadata files; "
         "'p5' = the preprocessed sequential_data.txt + datamaps.json with a RecBole .item file.",
     )
-    local_dir: str = setting("", "Take the raw files from this folder instead of downloading them ('' = download).")
+    local_dir: str = setting(
+        "", "Take the raw files from this folder (relative to the project folder) instead of downloading them ('' = download)."
+    )
     offline: bool = setting(False, "Never use the network: raw files must be in local_dir or the cache.")
     min_interactions: int = setting(5, "Iterative k-core: drop users and items with fewer interactions (0 = keep all).", min=0)
     positive_rating_min: float = setting(0.0, "Ratings below this are not positives (0 = every rating counts, as published).", min=0)
@@ -102,6 +105,7 @@ class LLMSettings:
     concurrency: int = setting(4, "Requests in flight at once.", min=1)
     timeout_s: float = setting(60.0, "Seconds before a request is abandoned and retried.", min=0.1)
     max_retries: int = setting(4, "Retries of a request on 429, 5xx, timeouts and invalid answers.", min=0)
+    retry_wait_s: float = setting(1.0, "Wait before the first retry; it doubles with each retry (a server's Retry-After wins).", min=0)
     candidates: int = setting(10, "Closest existing tags offered to the model per level.", min=0)
     temperature: float = setting(0.0, "Sampling temperature sent to the model.", min=0)
 
@@ -116,6 +120,7 @@ class TagSettings:
     levels: int = setting(3, "Levels of tags per item.", min=1, max=8)
     min_count: int = setting(5, "Tags seen fewer times at a level merge into an 'other' tag under their parent.", min=1)
     drop_root: bool = setting(True, "Drop the first level of category paths when every item shares it (\"Beauty\").")
+    fallback_branching: int = setting(8, "Fallback clustering of the embeddings: at most this many child tags per parent.", min=2)
     llm: LLMSettings = field(default_factory=LLMSettings)
 
 
@@ -137,6 +142,7 @@ class TokenizerSettings:
     gumbel_temperature: list = setting([1.0, 0.1], "Gumbel temperature annealed from the first to the second value.")
     beta: float = setting(0.25, "Commitment weight.", min=0)
     revive_dead_codes: bool = setting(True, "Re-seed codes unused for a while from the current batch.")
+    dead_code_steps: int = setting(20, "A code unused for this many training steps counts as dead and is re-seeded.", min=1)
     steps: int = setting(3000, "Training steps.", min=1)
     batch_size: int = setting(1024, "Items per step.", min=2)
     lr: float = setting(1e-3, "Peak learning rate.", min=0)
@@ -149,6 +155,8 @@ class TokenizerSettings:
     tag_weight: float = setting(1.0, "hidvae: weight of the per-level tag classification (focal) loss.", min=0)
     focal_gamma: float = setting(2.0, "hidvae: focal loss gamma.", min=0)
     align_weight: float = setting(0.5, "hidvae: weight of the InfoNCE alignment with tag-text embeddings.", min=0)
+    align_temperature: float = setting(0.1, "hidvae: temperature of the InfoNCE alignment.", min=0.001)
+    tag_min_count: int = setting(5, "hidvae: tags seen on fewer items merge into an '(other)' class under their parent.", min=1)
     unique_weight: float = setting(1.0, "hidvae: weight of the uniqueness loss on colliding items.", min=0)
     unique_margin: float = setting(0.5, "hidvae: cosine-similarity margin of the uniqueness hinge.", min=-1, max=1)
     device: str = setting("auto", "auto, cpu, cuda, ...")

@@ -163,7 +163,7 @@ def _finite_or_fail(loss: torch.Tensor, parts: dict, step: int, last_saved: int)
     bad = [name for name, value in parts.items() if not math.isfinite(float(value))] or ["total"]
     kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was saved yet"
     raise StageFailed(
-        f"loss {', '.join(bad)} became {float(loss)} at step {step}",
+        f"loss {', '.join(bad)} became {float(loss.detach())} at step {step}",
         f"{kept}; lower the learning rate or check the inputs for NaN, then run the command again",
     )
 

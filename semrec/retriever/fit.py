@@ -1,0 +1,202 @@
+"""`semrec fit-retriever`: train the retriever in the shared loop; and load a trained one for eval and recommend.
+
+Writes retriever/model.safetensors (weights + model config), retriever/config.json (the model
+config, the digest of the semantic IDs it was trained on, the settings) and retriever/metrics.json
+(the validation curve, the best step, training time and throughput).
+"""
+
+import dataclasses
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from semrec.errors import SemrecError
+from semrec.evaluate import rank_users, ranking_metrics
+from semrec.retriever.beam import ItemTrie
+from semrec.retriever.data import Batches, SemanticIds, read_semantic_ids, read_sequences
+from semrec.retriever.model import Retriever, RetrieverConfig
+from semrec.train import TrainConfig, epoch_indices, resolve_device, train
+from semrec.workspace import INTERACTIONS, RETRIEVER, SEMANTIC_IDS, SPLITS, TOKENIZER, atomic_write_json
+
+VALID_K = 10
+
+
+class RetrieverTask:
+    """The retriever for semrec.train: batches of prefixes, cross-entropy, validation Recall/NDCG@10."""
+
+    def __init__(self, model: Retriever, batches: Batches, trie: ItemTrie, batch_size: int, seed: int,
+                 beam_size: int, valid_users: int, eval_batch_size: int):
+        self.model, self.batches, self.trie = model, batches, trie
+        self.batch_size, self.seed, self.beam_size, self.eval_batch_size = batch_size, seed, beam_size, eval_batch_size
+        sequences = batches.sequences
+        if len(sequences) == 0:
+            raise SemrecError("no training examples: every user has a single training item",
+                              "use data with longer user histories (data.min_interactions >= 4)")
+        rows = torch.arange(sequences.n_users)
+        if 0 < valid_users < sequences.n_users:
+            rows = torch.randperm(sequences.n_users, generator=torch.Generator().manual_seed(seed))[:valid_users].sort().values
+        histories, targets = sequences.split_items("valid")
+        self.valid_rows, self.valid_histories, self.valid_targets = rows, histories[rows], targets[rows]
+        self.tokens_seen = 0
+        self.valid_seconds = 0.0
+
+    def batch(self, step: int):
+        index = epoch_indices(len(self.batches.sequences), self.batch_size, step, self.seed)
+        self.tokens_seen += self.batches.tokens(index)
+        return self.batches.training(index, step)
+
+    def loss(self, batch):
+        return self.model(batch).loss, {}
+
+    def validate(self) -> dict[str, float]:
+        started = time.perf_counter()
+        total = 0.0
+        for start in range(0, len(self.valid_rows), self.eval_batch_size):
+            part = slice(start, start + self.eval_batch_size)
+            batch = self.batches.evaluation(self.valid_histories[part], self.valid_rows[part], self.valid_targets[part])
+            total += float(self.model(batch).loss) * len(batch.target)
+        ranked = rank_users(self.model, self.trie, self.batches, self.valid_histories, self.valid_rows, k=VALID_K,
+                            beam_size=max(self.beam_size, VALID_K), batch_size=self.eval_batch_size)
+        metrics = ranking_metrics(ranked, self.valid_targets, [VALID_K])
+        self.valid_seconds += time.perf_counter() - started
+        return {"score": metrics[f"ndcg@{VALID_K}"], **metrics, "loss": total / len(self.valid_rows)}
+
+
+def model_config(ws, ids: SemanticIds) -> RetrieverConfig:
+    s = ws.settings.retriever
+    return RetrieverConfig(
+        arch=s.arch, levels=ids.levels, codebook_size=ids.codebook_size, collision_size=ids.collision_size,
+        user_bins=s.user_bins, max_seq_len=ws.settings.data.max_seq_len, d_model=s.d_model, heads=s.heads,
+        head_dim=s.head_dim, encoder_layers=s.encoder_layers, decoder_layers=s.decoder_layers, ff_dim=s.ff_dim,
+        dropout=s.dropout,
+    )
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def run_fit_retriever(ws, run) -> dict:
+    s = ws.settings.retriever
+    seed = ws.settings.project.seed
+    device = resolve_device(s.device)
+    torch.manual_seed(seed)
+    ids = read_semantic_ids(ws.path(SEMANTIC_IDS), ws.path(TOKENIZER))
+    sequences = read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), s.user_bins, ws.settings.data.max_seq_len)
+    largest = int(torch.cat([sequences.flat, sequences.valid, sequences.test]).max())
+    if largest >= len(ids.codes):
+        raise SemrecError(f"item {largest} of {ws.path(SPLITS)} has no semantic ID in {ws.path(SEMANTIC_IDS)}",
+                          "run `semrec tokenize --force`")
+    config = model_config(ws, ids)
+    model = Retriever(config).to(device)
+    compiled = s.compile and device.type == "cuda"
+    batches = Batches(ids, sequences, device, seed, trim=not compiled)  # fixed shapes for torch.compile
+    trie = ItemTrie(ids.codes, torch.arange(len(ids.codes)), config.level_sizes, device)
+    task = RetrieverTask(model, batches, trie, s.batch_size, seed, s.beam_size, s.valid_users, ws.settings.eval.batch_size)
+    if compiled:
+        model.compile()
+    ws.reporter.info(
+        f"retriever: {config.arch}, {model.num_params():,} parameters, {len(sequences):,} training examples "
+        f"of {sequences.n_users:,} users, on {device}"
+    )
+    started = time.perf_counter()
+    result = train(
+        task,
+        TrainConfig(
+            steps=s.steps, lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup_steps, schedule=s.schedule,
+            grad_clip=s.grad_clip, checkpoint_every=s.checkpoint_every, eval_every=s.eval_every, patience=s.patience,
+            seed=seed, device=str(device), description="fit-retriever",
+        ),
+        ws.path(RETRIEVER) / "checkpoints", run.fingerprint, ws.reporter,
+        resume=run.options.get("resume", True) and not run.fresh,
+    )
+    seconds = time.perf_counter() - started
+    train_seconds = max(seconds - task.valid_seconds, 1e-9)
+    best = result.best or {}
+    folder = ws.path(RETRIEVER)
+    model.save(folder / "model.safetensors", {"steps": result.steps, "best_step": best.get("step")})
+    atomic_write_json(folder / "config.json", {
+        "model": dataclasses.asdict(config),
+        "params": model.num_params(),
+        "semantic_ids": {"digest": ids.digest(), "items": len(ids.codes), "kind": ids.kind},
+        "steps": result.steps,
+        "best_step": best.get("step"),
+        "settings": dataclasses.asdict(s),
+    })
+    figures = {
+        "arch": config.arch,
+        "params": model.num_params(),
+        "steps": result.steps,
+        "best_step": best.get("step"),
+        "stopped_early": result.stopped_early,
+        f"valid_recall@{VALID_K}": best.get(f"recall@{VALID_K}"),
+        f"valid_ndcg@{VALID_K}": best.get(f"ndcg@{VALID_K}"),
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(task.tokens_seen / train_seconds),
+    }
+    atomic_write_json(folder / "metrics.json", {**figures, "history": result.history, "best": result.best,
+                                               "validation_seconds": round(task.valid_seconds, 1)})
+    return figures
+
+
+@dataclass
+class Trained:
+    """A trained retriever with the semantic IDs it decodes to, ready for eval and recommend."""
+
+    model: Retriever
+    config: dict  # retriever/config.json
+    ids: SemanticIds  # every item's codes, collision tokens clamped to the trained range (history input)
+    trie: ItemTrie  # the items the model can generate
+    device: torch.device
+    undecodable: int  # cold-start items whose collision token the model never learned
+
+    @property
+    def n_items(self) -> int:
+        return len(self.ids.codes)
+
+    def summary(self) -> dict:
+        cfg = self.config["model"]
+        kind = self.config["semantic_ids"]["kind"]
+        return {"name": f"{cfg['arch']} retriever ({kind} IDs)", "arch": cfg["arch"], "params": self.config["params"],
+                "tokenizer": kind, "steps": self.config["steps"], "best_step": self.config["best_step"]}
+
+    def autocast(self):
+        return _autocast(self.device)
+
+
+def load_trained(ws, device: torch.device) -> Trained:
+    """The retriever of this workspace, checked against the current semantic IDs and settings.
+
+    Items appended by cold-start tokenization after training use existing code tokens, so they can
+    be recommended without retraining. One whose collision token is beyond what the model learned
+    cannot be generated: it is left out of the decodable items (and counted in `undecodable`)
+    rather than clamped, since clamping would give it another item's whole ID.
+    """
+    folder = ws.path(RETRIEVER)
+    config_path = folder / "config.json"
+    if not config_path.exists() or not (folder / "model.safetensors").exists():
+        raise SemrecError(f"no trained retriever in {folder}", "run `semrec fit-retriever`")
+    try:
+        config = json.loads(config_path.read_text())
+        trained_items, digest = int(config["semantic_ids"]["items"]), config["semantic_ids"]["digest"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SemrecError(f"{config_path} is corrupt: {e}", "run `semrec fit-retriever --force`") from e
+    ids = read_semantic_ids(ws.path(SEMANTIC_IDS), ws.path(TOKENIZER))
+    if len(ids.codes) < trained_items or ids.digest(trained_items) != digest:
+        raise SemrecError(
+            "the retriever was trained on other semantic IDs (the tokenizer was refitted since)",
+            "run `semrec fit-retriever` to train it on the current IDs",
+        )
+    s = ws.settings.retriever
+    expect = {"arch": s.arch, "levels": ids.levels, "codebook_size": ids.codebook_size, "user_bins": s.user_bins}
+    model = Retriever.load(folder / "model.safetensors", device, expect=expect)
+    collisions = model.cfg.collision_size
+    decodable = torch.nonzero(ids.codes[:, -1] < collisions)[:, 0]
+    trie = ItemTrie(ids.codes[decodable], decodable, model.cfg.level_sizes, device)
+    codes = ids.codes.clone()
+    codes[:, -1].clamp_(max=collisions - 1)
+    return Trained(model=model, config=config, ids=dataclasses.replace(ids, codes=codes), trie=trie, device=device,
+                   undecodable=len(ids.codes) - len(decodable))

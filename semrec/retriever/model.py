@@ -1,0 +1,400 @@
+"""The generative retriever: a transformer that writes the semantic ID of a user's next item.
+
+Vocabulary (token ids), for L code levels of K codes and D collision tokens:
+
+    0 PAD, 1 BOS, 2 EOS
+    3 + l*K + c          code c at level l (each level has its own K ids)
+    3 + L*K + d          collision token d (D = the largest collision token in the data + 1)
+    3 + L*K + D + b      user bin b (absent when user_bins = 0)
+
+An item is its L+1 tokens (codes, then the collision token); a history is the last max_seq_len
+items. Batches carry level-local codes (code c, collision d, user bin b; -1 for none) and the
+model turns them into token ids, so the data code never needs the vocabulary layout.
+
+Positions are two learned tables added to each token embedding: the slot of a token inside its
+item (0..L; L+1 for the user and EOS tokens) and the item's recency (1 = the latest item of the
+history, 0 = the item being generated, max_seq_len+1 for the user token). Learned absolute tables
+rather than T5's relative bias: the sequence has an exact two-level structure (item x slot) that
+two tiny tables express directly, recency counted from the end does not depend on the history's
+length, and with no additive bias the attention stays on PyTorch's fused SDPA kernels.
+
+Two architectures (`arch`):
+- "encoder-decoder" (TIGER): the encoder reads the user token and the history, the decoder
+  generates the next item's L+1 tokens with cross-attention to the encoder.
+- "decoder-only": one causal stack over [user, history, BOS, target]; its encoder_layers +
+  decoder_layers blocks give a parameter count comparable to the encoder-decoder.
+
+Decoding (`start` then `step_logits`, used by beam.py) computes the history once per user: the
+encoder memory's cross-attention keys and values, or the decoder-only stack's per-layer keys and
+values of the history. Each beam step then runs only the few target tokens; the beams of a user
+share that user's history tensors, never copied per beam.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from semrec.errors import SemrecError
+
+PAD, BOS, EOS = 0, 1, 2
+SPECIALS = 3
+ARCHS = ("encoder-decoder", "decoder-only")
+
+
+@dataclass
+class RetrieverConfig:
+    arch: str
+    levels: int  # L code levels per item
+    codebook_size: int  # K codes per level
+    collision_size: int  # D collision tokens
+    user_bins: int
+    max_seq_len: int  # items in a history
+    d_model: int = 128
+    heads: int = 6
+    head_dim: int = 64
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    ff_dim: int = 1024
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "encoder-decoder" and self.encoder_layers < 1:
+            raise ValueError("the encoder-decoder needs at least one encoder layer")
+
+    @property
+    def positions(self) -> int:
+        """Tokens per item: L codes and the collision token."""
+        return self.levels + 1
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """How many tokens each item position can take: K per code level, D for the collision token."""
+        return [self.codebook_size] * self.levels + [self.collision_size]
+
+    @property
+    def item_vocab(self) -> int:
+        return self.levels * self.codebook_size + self.collision_size
+
+    @property
+    def vocab_size(self) -> int:
+        return SPECIALS + self.item_vocab + self.user_bins
+
+    def vocabulary(self) -> dict:
+        """The fields a checkpoint must share with the data it is used on."""
+        return {"levels": self.levels, "codebook_size": self.codebook_size, "collision_size": self.collision_size,
+                "user_bins": self.user_bins}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "RetrieverConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+class Batch(NamedTuple):
+    history: Tensor  # (B, n, L+1) level-local codes; -1 = no item (histories are left-padded)
+    user: Tensor  # (B,) user bin; -1 = no user token
+    target: Tensor  # (B, L+1) level-local codes of the next item
+
+
+class Output(NamedTuple):
+    loss: Tensor  # mean cross-entropy over the target's L+1 tokens
+    logits: list[Tensor]  # per position p: (B, level_sizes[p]), over that position's tokens only
+
+
+class Context(NamedTuple):
+    """A batch of users' histories, computed once for decoding."""
+
+    kv: list[tuple[Tensor, Tensor]]  # per decoder layer: keys and values (B, H, T, hd) of the history
+    valid: Tensor  # (B, T) bool: which history tokens are real
+
+
+class Attention(nn.Module):
+    """Multi-head attention, T5 style: heads * head_dim need not equal d_model; no biases."""
+
+    def __init__(self, cfg: RetrieverConfig):
+        super().__init__()
+        self.heads, self.head_dim, self.dropout = cfg.heads, cfg.head_dim, cfg.dropout
+        inner = cfg.heads * cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, inner, bias=False)
+        self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=False)
+        self.out = nn.Linear(inner, cfg.d_model, bias=False)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def _merge(self, y: Tensor) -> Tensor:
+        b, h, t, d = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, h * d))  # (B, T, d_model)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False, keep: list | None = None) -> Tensor:
+        """Self-attention of x (B, T, d); `keep` collects its keys and values (for decoding)."""
+        k, v = self.project_kv(x)
+        if keep is not None:
+            keep.append((k, v))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(self._split(self.q(x)), k, v, attn_mask=mask, dropout_p=p,
+                                           is_causal=causal and mask is None)
+        return self._merge(y)
+
+    def cross(self, x: Tensor, kv: tuple[Tensor, Tensor], valid: Tensor) -> Tensor:
+        """Attend from x (B*W, t, d), W beams per user, to each user's memory keys/values (B, H, T, hd).
+
+        The W beams of a user are folded into the query axis, so the memory is never copied per beam.
+        """
+        k, v = kv
+        b = k.shape[0]
+        q = self._split(self.q(x))  # (B*W, H, t, hd)
+        w, t = q.shape[0] // b, q.shape[2]
+        q = q.view(b, w, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, self.heads, w * t, self.head_dim)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], dropout_p=p)  # (B, H, W*t, hd)
+        y = y.view(b, self.heads, w, t, self.head_dim).transpose(1, 2).reshape(b * w, self.heads, t, self.head_dim)
+        return self._merge(y)
+
+    def with_prefix(self, x: Tensor, prefix: tuple[Tensor, Tensor], valid: Tensor) -> Tensor:
+        """Causal self-attention of x (B*W, t, d) that also sees each user's history keys/values (B, H, T, hd).
+
+        The decoder-only model's decoding step: one softmax over [history, own earlier tokens],
+        computed from the shared history tensors without copying them per beam.
+        """
+        kp, vp = prefix
+        b, h, hd = kp.shape[0], self.heads, self.head_dim
+        q = self._split(self.q(x))
+        k, v = self.project_kv(x)
+        w, t = q.shape[0] // b, q.shape[2]
+        q, k, v = (z.view(b, w, h, t, hd) for z in (q, k, v))  # (B, W, H, t, hd)
+        scale = 1.0 / math.sqrt(hd)
+        s_prefix = torch.einsum("bwhtd,bhsd->bwhts", q, kp) * scale  # (B, W, H, t, T)
+        s_prefix = s_prefix.masked_fill(~valid[:, None, None, None, :], float("-inf"))
+        s_own = torch.einsum("bwhtd,bwhsd->bwhts", q, k) * scale  # (B, W, H, t, t)
+        s_own = s_own.masked_fill(~torch.ones(t, t, dtype=torch.bool, device=x.device).tril(), float("-inf"))
+        probs = torch.softmax(torch.cat([s_prefix, s_own], dim=-1).float(), dim=-1).to(q.dtype)
+        n = kp.shape[2]
+        y = torch.einsum("bwhts,bhsd->bwhtd", probs[..., :n], vp) + torch.einsum("bwhts,bwhsd->bwhtd", probs[..., n:], v)
+        return self._merge(y.reshape(b * w, h, t, hd))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, cross-attention (decoder only), feed-forward."""
+
+    def __init__(self, cfg: RetrieverConfig, cross: bool):
+        super().__init__()
+        self.norm_self = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.norm_cross = nn.LayerNorm(cfg.d_model) if cross else None
+        self.cross = Attention(cfg) if cross else None
+        self.norm_ff = nn.LayerNorm(cfg.d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.ff_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ff_dim, cfg.d_model)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
+                memory: tuple[Tensor, Tensor] | None = None, memory_valid: Tensor | None = None,
+                keep: list | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm_self(x), mask=mask, causal=causal, keep=keep))
+        if self.cross is not None:
+            x = x + self.drop(self.cross.cross(self.norm_cross(x), memory, memory_valid))
+        return x + self.drop(self.ff(self.norm_ff(x)))
+
+    def step_with_prefix(self, x: Tensor, prefix: tuple[Tensor, Tensor], valid: Tensor) -> Tensor:
+        x = x + self.drop(self.attn.with_prefix(self.norm_self(x), prefix, valid))
+        return x + self.drop(self.ff(self.norm_ff(x)))
+
+
+class Retriever(nn.Module):
+    def __init__(self, cfg: RetrieverConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.tokens = nn.Embedding(cfg.vocab_size, d)
+        self.slot = nn.Embedding(cfg.positions + 1, d)  # 0..L in an item, L+1 for user/EOS
+        self.recency = nn.Embedding(cfg.max_seq_len + 2, d)  # 0 target, 1..S history, S+1 user token
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.arch == "encoder-decoder":
+            self.encoder = nn.ModuleList(Block(cfg, cross=False) for _ in range(cfg.encoder_layers))
+            self.encoder_norm = nn.LayerNorm(d)
+            self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.decoder_layers))
+        else:
+            self.decoder = nn.ModuleList(
+                Block(cfg, cross=False) for _ in range(cfg.encoder_layers + cfg.decoder_layers)
+            )
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.item_vocab)
+        sizes = torch.tensor(cfg.level_sizes)
+        # token id of local code 0 at each item position, and where each position's logits start in the head
+        self.register_buffer("token_offset", SPECIALS + torch.cumsum(sizes, 0) - sizes, persistent=False)
+        self.head_offset = [int(x) for x in torch.cumsum(sizes, 0) - sizes]
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def _item_tokens(self, codes: Tensor) -> Tensor:
+        """Level-local codes (..., p) of the first p item positions -> token ids; -1 -> PAD."""
+        p = codes.shape[-1]
+        return torch.where(codes >= 0, codes + self.token_offset[:p], PAD)
+
+    def _embed_history(self, history: Tensor, user: Tensor, eos: bool) -> tuple[Tensor, Tensor]:
+        """[user] + the history's item tokens (+ EOS): embeddings (B, T, d) and which are real (B, T)."""
+        b, n, positions = history.shape
+        dev = history.device
+        tokens = self._item_tokens(history).reshape(b, n * positions)  # (B, n*(L+1))
+        slots = torch.arange(positions, device=dev).repeat(n)
+        recency = torch.arange(n, 0, -1, device=dev).repeat_interleave(positions)
+        parts = [(tokens, slots, recency)]
+        special = torch.full((1,), self.cfg.positions, device=dev)
+        if self.cfg.user_bins:
+            user_tokens = torch.where(user >= 0, SPECIALS + self.cfg.item_vocab + user, PAD)[:, None]
+            parts.insert(0, (user_tokens, special, torch.full((1,), self.cfg.max_seq_len + 1, device=dev)))
+        if eos:
+            parts.append((torch.full((b, 1), EOS, device=dev), special, torch.zeros(1, dtype=torch.long, device=dev)))
+        tokens = torch.cat([p[0] for p in parts], 1)  # (B, T)
+        slots = torch.cat([p[1] for p in parts])  # (T,)
+        recency = torch.cat([p[2] for p in parts])  # (T,)
+        x = self.tokens(tokens) + self.slot(slots) + self.recency(recency)
+        return self.drop(x), tokens != PAD
+
+    def _embed_target(self, prefix: Tensor) -> Tensor:
+        """[BOS] + the first p target tokens, (N, p) codes -> (N, p+1, d); input j predicts position j."""
+        n, p = prefix.shape
+        bos = torch.full((n, 1), BOS, device=prefix.device)
+        tokens = torch.cat([bos, self._item_tokens(prefix)], 1)  # (N, p+1)
+        slots = torch.arange(p + 1, device=prefix.device)
+        return self.drop(self.tokens(tokens) + self.slot(slots) + self.recency(torch.zeros_like(slots)))
+
+    def _position_logits(self, h: Tensor, p: int) -> Tensor:
+        """Logits over the tokens item position p can take, from hidden states h (..., d)."""
+        lo = self.head_offset[p]
+        hi = lo + self.cfg.level_sizes[p]
+        return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
+
+    # -- training --------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> Output:
+        """Teacher-forced logits of every target position and the mean cross-entropy."""
+        cfg = self.cfg
+        y = self._embed_target(batch.target[:, : cfg.levels])  # (B, L+1, d)
+        if cfg.arch == "encoder-decoder":
+            x, valid = self._embed_history(batch.history, batch.user, eos=True)
+            memory = self._encode(x, valid)
+            for block in self.decoder:
+                y = block(y, causal=True, memory=block.cross.project_kv(memory), memory_valid=valid)
+            h = y
+        else:
+            x, valid = self._embed_history(batch.history, batch.user, eos=False)
+            seq = torch.cat([x, y], 1)  # (B, T + L+1, d)
+            h = self._causal_stack(seq, torch.cat([valid, torch.ones_like(valid[:, : y.shape[1]])], 1))
+            h = h[:, x.shape[1]:]  # (B, L+1, d)
+        h = self.norm(h)
+        logits = [self._position_logits(h[:, p], p) for p in range(cfg.positions)]
+        loss = torch.stack([F.cross_entropy(lg.float(), batch.target[:, p]) for p, lg in enumerate(logits)]).mean()
+        return Output(loss, logits)
+
+    def _encode(self, x: Tensor, valid: Tensor) -> Tensor:
+        mask = valid[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
+        for block in self.encoder:
+            x = block(x, mask=mask)
+        return self.encoder_norm(x)
+
+    @staticmethod
+    def _causal_mask(valid: Tensor) -> Tensor:
+        """(B, 1, T, T): attend to earlier real tokens; every token also sees itself (no empty rows)."""
+        t = valid.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=valid.device).tril()
+        eye = torch.eye(t, dtype=torch.bool, device=valid.device)
+        return ((causal & valid[:, None, :]) | eye)[:, None]
+
+    def _causal_stack(self, x: Tensor, valid: Tensor, keep: list | None = None) -> Tensor:
+        mask = self._causal_mask(valid)
+        for block in self.decoder:
+            x = block(x, mask=mask, keep=keep)
+        return x
+
+    # -- decoding --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def start(self, history: Tensor, user: Tensor) -> Context:
+        """Run the history once: what every decoding step of these users attends to."""
+        if self.cfg.arch == "encoder-decoder":
+            x, valid = self._embed_history(history, user, eos=True)
+            memory = self._encode(x, valid)
+            return Context([block.cross.project_kv(memory) for block in self.decoder], valid)
+        x, valid = self._embed_history(history, user, eos=False)
+        kv: list = []
+        self._causal_stack(x, valid, keep=kv)
+        return Context(kv, valid)
+
+    @torch.no_grad()
+    def step_logits(self, context: Context, prefix: Tensor) -> Tensor:
+        """Logits of item position p given W beams per user with p tokens each: (B, W, p) -> (B, W, V_p)."""
+        b, w, p = prefix.shape
+        y = self._embed_target(prefix.reshape(b * w, p))  # (B*W, p+1, d)
+        if self.cfg.arch == "encoder-decoder":
+            for block, memory in zip(self.decoder, context.kv):
+                y = block(y, causal=True, memory=memory, memory_valid=context.valid)
+        else:
+            for block, prefix_kv in zip(self.decoder, context.kv):
+                y = block.step_with_prefix(y, prefix_kv, context.valid)
+        h = self.norm(y[:, -1])  # (B*W, d)
+        return self._position_logits(h, p).float().view(b, w, -1)
+
+    # -- checkpoint ------------------------------------------------------------------------------
+    def save(self, path: Path, metadata: dict | None = None) -> None:
+        """Weights and config in one safetensors file: the model can be rebuilt from it alone."""
+        from safetensors.torch import save_file
+
+        from semrec.workspace import atomic_path
+
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
+        meta = {"config": json.dumps(asdict(self.cfg)), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device | str = "cpu", expect: dict | None = None) -> "Retriever":
+        """Rebuild a model from its file; `expect` (arch and vocabulary fields) must match the checkpoint's."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (OSError, SafetensorError) as e:
+            raise SemrecError(f"cannot read the retriever {path}: {e}", "run `semrec fit-retriever --force`") from e
+        if "config" not in meta:
+            raise SemrecError(f"{path} has no model config: it is not a semrec retriever", "run `semrec fit-retriever --force`")
+        cfg = RetrieverConfig.from_dict(json.loads(meta["config"]))
+        for key, wanted in (expect or {}).items():
+            have = getattr(cfg, key)
+            if have != wanted:
+                raise SemrecError(
+                    f"the retriever in {path} was trained with {key} = {have!r}, but the current settings "
+                    f"and semantic IDs need {key} = {wanted!r}",
+                    "run `semrec fit-retriever` to train it for the current settings",
+                )
+        model = cls(cfg).to(device)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise SemrecError(f"{path} does not fit its own config: {e}", "run `semrec fit-retriever --force`") from e
+        return model.eval()

@@ -1,0 +1,409 @@
+"""Tags from an OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp ...).
+
+Retrieval, then classification (the scheme HiD-VAE used for KuaiRand): the prompt gives the
+item's text and, per level, the existing tags closest to the item by embedding similarity; the
+model answers {"tags": [level 1, ..., level L]}. An invalid answer is sent back with the error
+for another try, then recorded as a failure of that item.
+
+Every answer is appended to a JSON-lines cache in the workspace the moment it arrives, keyed by
+(model, temperature, prompt). Prompts are deterministic: items go in a fixed seeded order, in
+rounds of `ROUND` items, and the candidates of a round come from the metadata vocabulary plus the
+answers of earlier rounds only (never from answers that happen to arrive first). So a rerun, or a
+run resumed after an interruption, rebuilds exactly the same prompts and sends no request twice.
+"""
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+import torch
+
+from semrec.errors import SemrecError, StageFailed
+from semrec.report import Reporter
+from semrec.settings import LLMSettings
+from semrec.tags import SEPARATOR, clean_name
+
+ROUND = 64  # items whose prompts share one candidate vocabulary
+MAX_NAME = 80
+_KEPT = "answers received so far are kept in the workspace's tags_cache/llm.jsonl and are not asked again"
+
+
+class Stopped(Exception):
+    """The run is stopping (an error elsewhere, or Ctrl-C): give up without recording anything."""
+
+
+class InvalidAnswer(ValueError):
+    """The model answered, but not with what the prompt asked for."""
+
+    def __init__(self, message: str, answer: str | None = None):
+        super().__init__(message)
+        self.answer = answer
+
+
+# -- prompts and answers ------------------------------------------------------------------------
+def system_prompt(levels: int) -> str:
+    return (
+        "You assign hierarchical category tags to the items of a catalogue. "
+        f'Answer with JSON only, in the form {{"tags": ["<level 1>", ..., "<level {levels}>"]}}: '
+        f"exactly {levels} short category names, from the broadest to the most specific. "
+        "Where a listed candidate fits, use its last name exactly; otherwise write a new short name."
+    )
+
+
+def build_messages(text: str, known: list[str | None], candidates: list[list[str]]) -> list[dict]:
+    levels = len(known)
+    lines = [f"Item: {text[:2000]}"]
+    fixed = [f"level {level + 1}: {name}" for level, name in enumerate(known) if name is not None]
+    if fixed:
+        lines.append("Known tags (keep them): " + "; ".join(fixed))
+    for level, names in enumerate(candidates):
+        if names:
+            lines.append(f"Candidates for level {level + 1}: " + "; ".join(names))
+    lines.append(f'Answer with {{"tags": [...]}} holding {levels} names.')
+    return [{"role": "system", "content": system_prompt(levels)}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def prompt_key(model: str, temperature: float, messages: list[dict]) -> str:
+    return hashlib.sha256(json.dumps([model, temperature, messages], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def parse_answer(content: str | None, levels: int) -> list[str]:
+    """The L names of an answer; raises InvalidAnswer saying what is wrong with it."""
+    text = re.sub(r"<think>.*?</think>", "", content or "", flags=re.DOTALL).strip()
+    if not text:
+        raise InvalidAnswer("the answer was empty", content)
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        raise InvalidAnswer("the answer is not JSON: it holds no {...} object", content)
+    try:
+        obj = json.loads(text[start : end + 1])
+    except json.JSONDecodeError as e:
+        raise InvalidAnswer(f"the answer is not valid JSON ({e.msg})", content) from e
+    tags = obj.get("tags") if isinstance(obj, dict) else None
+    if not isinstance(tags, list):
+        raise InvalidAnswer('the JSON object has no "tags" list', content)
+    if len(tags) != levels:
+        raise InvalidAnswer(f'"tags" has {len(tags)} names, expected exactly {levels} (one per level, broadest first)', content)
+    names = []
+    for level, tag in enumerate(tags, 1):
+        name = clean_name(tag.split(">")[-1]) if isinstance(tag, str) else ""
+        if not name:
+            raise InvalidAnswer(f"tag {level} is not a non-empty string", content)
+        if len(name) > MAX_NAME:
+            raise InvalidAnswer(f"tag {level} is longer than {MAX_NAME} characters", content)
+        names.append(name)
+    return names
+
+
+# -- the HTTP client ----------------------------------------------------------------------------
+class ChatClient:
+    """POST {base_url}/chat/completions with retries and backoff on 429, 5xx, timeouts and lost connections.
+
+    Problems no retry can fix (a refused key, an unknown model, a URL that is not a chat API)
+    raise SemrecError at once; transient ones that outlast the retries raise StageFailed.
+    """
+
+    def __init__(self, settings: LLMSettings, api_key: str | None = None):
+        import os
+
+        if not settings.base_url:
+            raise SemrecError("no LLM endpoint is configured (tag.llm.base_url is empty)", "set tag.llm.base_url, e.g. http://localhost:11434/v1")
+        if not settings.model:
+            raise SemrecError(f"tag.llm.model is empty (endpoint {settings.base_url})", "set tag.llm.model to a model the server serves")
+        self.settings = settings
+        self.url = settings.base_url.rstrip("/") + "/chat/completions"
+        self.api_key = api_key if api_key is not None else os.environ.get(settings.api_key_env)
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def complete(self, messages: list[dict], stop: threading.Event | None = None) -> str:
+        """The content of the model's reply to `messages`."""
+        s = self.settings
+        body = {"model": s.model, "messages": messages, "temperature": s.temperature}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        problem, hint = "", ""
+        for attempt in range(s.max_retries + 1):
+            if attempt:
+                stop.wait(wait) if stop is not None else time.sleep(wait)
+            if stop is not None and stop.is_set():
+                raise Stopped()
+            wait = s.retry_wait_s * 2**attempt
+            with self._lock:
+                self.sent += 1
+            try:
+                response = self._session().post(self.url, json=body, headers=headers, timeout=s.timeout_s)
+            except requests.Timeout:
+                problem = f"no answer within {s.timeout_s:g} s"
+                hint = "raise tag.llm.timeout_s or lower tag.llm.concurrency, or check the server's load"
+                continue
+            except requests.ConnectionError as e:
+                problem = f"cannot connect ({_reason(e)})"
+                hint = "start the server (e.g. `ollama serve` or `vllm serve MODEL`), or fix tag.llm.base_url in semrec.toml"
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                problem = f"HTTP {response.status_code}: {_excerpt(response.text)}"
+                hint = "the server is overloaded or failing: check its log, lower tag.llm.concurrency, or try again later"
+                wait = _retry_after(response, wait)
+                continue
+            return self._content(response)
+        tries = f"{attempt + 1} {'try' if attempt == 0 else 'tries'}"
+        raise StageFailed(f"the LLM endpoint {self.url} gave up after {tries}: {problem}", f"{hint}; {_KEPT}")
+
+    def _content(self, response: requests.Response) -> str:
+        status, text = response.status_code, response.text
+        if status in (401, 403):
+            key = f"the key in ${self.settings.api_key_env}" if self.api_key else f"no key (${self.settings.api_key_env} is unset)"
+            raise SemrecError(
+                f"the LLM endpoint {self.url} refused the request (HTTP {status}, sent {key}): {_excerpt(text)}",
+                f"put a valid API key in the environment variable {self.settings.api_key_env}, "
+                "or name the variable that holds it in tag.llm.api_key_env",
+            )
+        if status in (400, 404) and re.search(r"model", text, re.I) and re.search(r"not (be )?found|not exist|unknown|invalid", text, re.I):
+            raise SemrecError(
+                f"the LLM endpoint {self.url} does not know the model {self.settings.model!r} (HTTP {status}): {_excerpt(text)}",
+                "set tag.llm.model to a model the server serves (`ollama list`, or GET {base_url}/models)",
+            )
+        if status == 404:
+            raise SemrecError(
+                f"{self.url} is not a chat-completions endpoint (HTTP 404)",
+                "tag.llm.base_url must be the API root, usually ending in /v1 (e.g. http://localhost:11434/v1)",
+            )
+        if status >= 400:
+            raise SemrecError(f"the LLM endpoint {self.url} rejected the request (HTTP {status}): {_excerpt(text)}", "check tag.llm.* in semrec.toml")
+        try:
+            data = response.json()
+            return data["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise SemrecError(
+                f"{self.url} answered with something that is not a chat-completions response: {_excerpt(text)}",
+                "tag.llm.base_url must point at an OpenAI-compatible API (usually ending in /v1)",
+            ) from e
+
+    def ask_tags(self, messages: list[dict], levels: int, stop: threading.Event | None = None) -> list[str]:
+        """Ask until the answer parses (the error is fed back each time); raises InvalidAnswer at the end."""
+        conversation = messages
+        for attempt in range(self.settings.max_retries + 1):
+            content = self.complete(conversation, stop)
+            try:
+                return parse_answer(content, levels)
+            except InvalidAnswer as e:
+                error = e
+                conversation = messages + [
+                    {"role": "assistant", "content": content},
+                    {"role": "user", "content": f"That answer is invalid: {e}. Answer again with JSON only, "
+                     f'{{"tags": [...]}} holding exactly {levels} names.'},
+                ]
+        raise InvalidAnswer(f"{error} (after {attempt + 1} tries)", error.answer)
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return (match.group(1) if match else text)[:160].strip()
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _retry_after(response: requests.Response, default: float) -> float:
+    try:
+        return min(float(response.headers.get("Retry-After", "")), 60.0)
+    except ValueError:
+        return default
+
+
+# -- the answer cache ---------------------------------------------------------------------------
+class AnswerCache:
+    """JSON lines, one answer (or failure) per line, appended and flushed as each arrives.
+
+    A line cut short by a killed process is skipped on reading, and the next answer starts on a
+    new line, so nothing written before it is lost.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._needs_newline = False
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            self._needs_newline = bool(raw) and not raw.endswith(b"\n")
+            for line in raw.decode("utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict) and "key" in entry:
+                    self.entries[entry["key"]] = entry
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def record(self, entry: dict) -> None:
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(("\n" if self._needs_newline else "") + line)
+                    f.flush()
+            except OSError as e:
+                raise StageFailed(f"cannot append to {self.path}: {e.strerror}", "free some disk space; earlier answers are kept") from e
+            self._needs_newline = False
+            self.entries[entry["key"]] = entry
+
+
+# -- candidates by embedding similarity ---------------------------------------------------------
+class CandidateIndex:
+    """Per level, the known tags and their text embeddings; `closest` retrieves the candidates."""
+
+    def __init__(self, levels: int, encode: Callable[[list[str]], torch.Tensor]):
+        self.encode = encode
+        self.tags: list[list[str]] = [[] for _ in range(levels)]
+        self.vectors: list[torch.Tensor | None] = [None] * levels
+
+    def add(self, level: int, tags) -> None:
+        new = sorted(set(tags) - set(self.tags[level]))
+        if not new:
+            return
+        vectors = torch.nn.functional.normalize(self.encode(new).float(), dim=1)  # (m, d)
+        self.tags[level].extend(new)
+        old = self.vectors[level]
+        self.vectors[level] = vectors if old is None else torch.cat([old, vectors])
+
+    def closest(self, level: int, vector: torch.Tensor, k: int, prefix: str = "") -> list[str]:
+        """The `k` tags of `level` most similar to `vector`, among those under `prefix` when given."""
+        if k <= 0 or self.vectors[level] is None:
+            return []
+        scores = self.vectors[level] @ torch.nn.functional.normalize(vector.float(), dim=0)  # (m,)
+        if prefix:
+            allowed = torch.tensor([t.startswith(prefix + SEPARATOR) for t in self.tags[level]])
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        order = torch.sort(scores, descending=True, stable=True).indices[:k]
+        return [self.tags[level][i] for i in order.tolist() if scores[i] > float("-inf")]
+
+
+# -- tagging a list of items --------------------------------------------------------------------
+@dataclass
+class LLMJob:
+    item: int
+    item_key: str
+    text: str
+    known: list[str | None]  # names fixed by metadata (None = ask)
+
+
+@dataclass
+class LLMOutcome:
+    answers: dict[int, list[str]] = field(default_factory=dict)  # item -> names, known levels kept
+    failures: dict[int, str] = field(default_factory=dict)
+    sent: int = 0  # HTTP requests, retries included
+    cached: int = 0  # items answered from the cache
+    prompts: list[dict] = field(default_factory=list)  # dry run: what would be sent
+
+    def figures(self) -> dict:
+        return {"asked": len(self.answers) + len(self.failures) - self.cached, "sent": self.sent,
+                "cached": self.cached, "failed": len(self.failures)}
+
+
+def _full_paths(names: list[str]) -> list[str]:
+    return [SEPARATOR.join(names[: level + 1]) for level in range(len(names))]
+
+
+def tag_with_llm(
+    jobs: list[LLMJob], *, settings: LLMSettings, levels: int, cache: AnswerCache,
+    vocabulary: list[set[str]], item_vectors: torch.Tensor | None, encode: Callable[[list[str]], torch.Tensor] | None,
+    reporter: Reporter, client: ChatClient | None = None, dry_run: bool = False,
+) -> LLMOutcome:
+    """Tag `jobs` in their order, round by round (see the module docstring); cached answers are reused.
+
+    `vocabulary` holds per level the full tag paths known beforehand (from metadata); `encode`
+    embeds tag texts in the space of `item_vectors` (neither is needed when settings.candidates = 0).
+    """
+    use_candidates = settings.candidates > 0 and item_vectors is not None and encode is not None
+    index = CandidateIndex(levels, encode) if use_candidates else None
+    if index is not None:
+        for level in range(levels):
+            index.add(level, vocabulary[level])
+    outcome = LLMOutcome()
+    stop = threading.Event()
+    pool = None if dry_run else ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="semrec-llm")
+
+    def ask(job: LLMJob, messages: list[dict], key: str) -> dict:
+        try:
+            entry = {"key": key, "model": settings.model, "item_key": job.item_key, "tags": client.ask_tags(messages, levels, stop)}
+        except InvalidAnswer as e:
+            entry = {"key": key, "model": settings.model, "item_key": job.item_key, "error": str(e), "answer": (e.answer or "")[:500]}
+        cache.record(entry)
+        return entry
+
+    def take(job: LLMJob, entry: dict) -> list[str] | None:
+        if "error" in entry:
+            outcome.failures[job.item] = entry["error"]
+            return None
+        names = [k if k is not None else a for k, a in zip(job.known, entry["tags"])]
+        outcome.answers[job.item] = names
+        return names
+
+    label = f"tagging with {settings.model or 'the LLM'}" + (" (dry run)" if dry_run else "")
+    try:
+        with reporter.progress(label, total=len(jobs)) as bar:
+            for start in range(0, len(jobs), ROUND):
+                new_paths: list[set[str]] = [set() for _ in range(levels)]
+                todo = []
+                for job in jobs[start : start + ROUND]:
+                    candidates = [[] for _ in range(levels)]
+                    if index is not None:
+                        for level in range(levels):
+                            known = [n for n in job.known[:level]]
+                            prefix = SEPARATOR.join(known) if known and None not in known else ""
+                            candidates[level] = index.closest(level, item_vectors[job.item], settings.candidates, prefix)
+                    messages = build_messages(job.text, job.known, candidates)
+                    key = prompt_key(settings.model, settings.temperature, messages)
+                    entry = cache.get(key)
+                    if entry is not None:
+                        outcome.cached += 1
+                        names = take(job, entry)
+                        if names:
+                            for level, path in enumerate(_full_paths(names)):
+                                new_paths[level].add(path)
+                        bar.advance()
+                    elif dry_run:
+                        outcome.prompts.append({"item_key": job.item_key, "messages": messages})
+                        bar.advance()
+                    else:
+                        todo.append((job, messages, key))
+                futures = {pool.submit(ask, job, messages, key): job for job, messages, key in todo}
+                for future in as_completed(futures):
+                    names = take(futures[future], future.result())
+                    if names:
+                        for level, path in enumerate(_full_paths(names)):
+                            new_paths[level].add(path)
+                    bar.advance()
+                    bar.show(failed=len(outcome.failures))
+                if index is not None:
+                    for level in range(levels):
+                        index.add(level, new_paths[level])
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if client is not None:
+            outcome.sent = client.sent
+    return outcome

@@ -1,0 +1,360 @@
+"""The `fit-tokenizer` stage: fit rqvae / hidvae / rqkmeans on the item embeddings; save and load it.
+
+`tokenizer/` holds `model.safetensors` (the weights, or the k-means codebooks), `config.json`
+(kind, sizes, the embedding model, every tokenizer setting, the model config) and `metrics.json`
+(reconstruction error, per-level usage and perplexity, collision rate, tag accuracy, fit time).
+A tokenizer is rebuilt from `config.json` alone, then its weights are checked against it.
+"""
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+
+import polars as pl
+import torch
+
+from semrec.errors import SemrecError
+from semrec.settings import Settings, TokenizerSettings
+from semrec.tokenizer.health import tokenizer_health
+from semrec.tokenizer.hidvae import HiDVAE, HiDVAEConfig, tag_text, tag_vocabulary
+from semrec.tokenizer.kmeans import assign_residual, residual_kmeans
+from semrec.tokenizer.rqvae import RQVAE, RQVAEConfig
+from semrec.workspace import TAGS, TOKENIZER, atomic_path, atomic_write_json
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+INIT_SAMPLE = 16384  # items the codebooks are k-means initialised on (all of them below this)
+# settings that do not change what is fitted (where it runs, how often it is saved)
+_NOT_COMPARED = ("device", "checkpoint_every")
+
+
+@dataclass
+class Tokenizer:
+    """A fitted tokenizer: a trained RQ-VAE / HiD-VAE (`model`) or residual k-means `codebooks`."""
+
+    config: dict
+    model: RQVAE | None = None
+    codebooks: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def levels(self) -> int:
+        return self.config["levels"]
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config["codebook_size"]
+
+    @torch.no_grad()
+    def assign(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes (N, L) long, distance of each item's latent to its quantised vector (N,), and
+        the reconstruction error |x - x̂|² (N,); all on the CPU."""
+        if embeddings.shape[1] != self.config["embedding_dim"]:
+            raise SemrecError(
+                f"the embeddings have {embeddings.shape[1]} dimensions but the tokenizer was fitted on "
+                f"{self.config['embedding_dim']}",
+                "run `semrec fit-tokenizer` again after changing the embedding model",
+            )
+        if self.model is not None:
+            device = next(self.model.parameters()).device
+            codes, gaps, errors = self.model.assign(embeddings.to(device))
+        else:
+            x = embeddings.to(self.codebooks[0].device).float()
+            codes, reconstruction = assign_residual(x, self.codebooks)
+            gaps = (x - reconstruction).norm(dim=-1)
+            errors = gaps.pow(2)
+        return codes.cpu(), gaps.float().cpu(), errors.float().cpu()
+
+    def to(self, device: torch.device) -> "Tokenizer":
+        if self.model is not None:
+            self.model.to(device)
+        self.codebooks = [c.to(device) for c in self.codebooks]
+        return self
+
+
+# -- configuration ------------------------------------------------------------------------------
+def model_config(settings: TokenizerSettings, input_dim: int, seed: int) -> RQVAEConfig:
+    """The RQ-VAE part of the model config, from the project's tokenizer settings."""
+    return RQVAEConfig(
+        input_dim=input_dim,
+        hidden_dims=list(settings.hidden_dims),
+        latent_dim=settings.latent_dim,
+        levels=settings.levels,
+        codebook_size=settings.codebook_size,
+        distance=settings.distance,
+        grad_mode=settings.grad_mode,
+        beta=settings.beta,
+        gumbel_temperature=list(settings.gumbel_temperature),
+        anneal_steps=settings.steps,
+        kmeans_iters=settings.kmeans_iters,
+        dead_after=settings.dead_code_steps if settings.revive_dead_codes else 0,
+        seed=seed,
+    )
+
+
+def hidvae_config(settings: TokenizerSettings, base: RQVAEConfig, tag_classes: list[int], text_dim: int) -> HiDVAEConfig:
+    return HiDVAEConfig(
+        **dataclasses.asdict(base),
+        tag_classes=tag_classes,
+        text_dim=text_dim,
+        tag_weight=settings.tag_weight,
+        focal_gamma=settings.focal_gamma,
+        align_weight=settings.align_weight,
+        align_temperature=settings.align_temperature,
+        unique_weight=settings.unique_weight,
+        unique_margin=settings.unique_margin,
+    )
+
+
+def build_model(config: dict) -> RQVAE:
+    """The untrained model of a `config.json`'s "model" entry (the kind decides the class)."""
+    if config["kind"] == "hidvae":
+        return HiDVAE(HiDVAEConfig(**config["model"]))
+    return RQVAE(RQVAEConfig(**config["model"]))
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def load_tags(ws, n_items: int) -> list[list[str]] | None:
+    """tags.parquet as one list of N tag strings per level (row i = item i), or None if absent."""
+    path = ws.path(TAGS)
+    if not path.exists():
+        return None
+    frame = pl.read_parquet(path).sort("item")
+    columns = sorted((c for c in frame.columns if c.startswith("tag_")), key=lambda c: int(c.split("_")[1]))
+    if not columns or frame.height != n_items or frame["item"].to_list() != list(range(n_items)):
+        raise SemrecError(
+            f"{path} does not give tags for items 0..{n_items - 1} (it has {frame.height} rows, columns {frame.columns})",
+            "run `semrec tag --force` to tag the current catalogue",
+        )
+    return [[t if t is not None else "" for t in frame[c].to_list()] for c in columns]
+
+
+def _check_inputs(ws, embeddings: torch.Tensor, tags) -> None:
+    settings = ws.settings.tokenizer
+    n = embeddings.shape[0]
+    if settings.codebook_size > n:
+        raise SemrecError(
+            f"tokenizer.codebook_size = {settings.codebook_size} is larger than the number of items ({n})",
+            f"set tokenizer.codebook_size to at most {n} in {ws.project.path} (a few times smaller works best)",
+        )
+    if not torch.isfinite(embeddings).all():
+        raise SemrecError(
+            f"{ws.path('embeddings.safetensors')} contains NaN or infinite values",
+            "run `semrec embed --force` to embed the items again",
+        )
+    if settings.kind == "hidvae" and tags is None:
+        raise SemrecError(
+            f"tokenizer.kind = \"hidvae\" needs item tags, but {ws.path(TAGS)} does not exist",
+            "run `semrec tag` first (or `semrec fit-tokenizer`, which runs it as an upstream stage)",
+        )
+
+
+# -- fitting ------------------------------------------------------------------------------------
+class TokenizerTask:
+    """The training task of `semrec.train.train`: batches of item embeddings (and their tag ids)."""
+
+    def __init__(self, model: RQVAE, embeddings: torch.Tensor, tags: torch.Tensor | None, batch_size: int, seed: int):
+        self.model, self.embeddings, self.tags = model, embeddings, tags
+        self.batch_size, self.seed = batch_size, seed
+
+    def batch(self, step: int) -> torch.Tensor:
+        from semrec.train import epoch_indices
+
+        return epoch_indices(self.embeddings.shape[0], self.batch_size, step, self.seed).to(self.embeddings.device)
+
+    def loss(self, index: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x = self.embeddings[index]
+        if self.tags is None:
+            out = self.model(x)
+            return out.loss, {"recon": out.reconstruction_loss.detach(), "vq": out.quantize_loss.detach()}
+        out = self.model(x, self.tags[index])
+        return out.loss, {
+            "recon": out.reconstruction_loss.detach(),
+            "vq": out.quantize_loss.detach(),
+            "tag": out.tag_loss.detach(),
+            "align": out.align_loss.detach(),
+            "unique": out.unique_loss.detach(),
+        }
+
+
+def fit_tokenizer(
+    settings: Settings, embeddings: torch.Tensor, tags: list[list[str]] | None, checkpoint_dir, fingerprint: str,
+    reporter=None, resume: bool = True, encode_tag_texts=None,
+) -> tuple[Tokenizer, dict]:
+    """Fit the tokenizer of `settings.tokenizer.kind`; return it and the training summary.
+
+    `encode_tag_texts(texts) -> (n, text_dim)` embeds tag texts (hidvae only).
+    """
+    from semrec.train import TrainConfig, resolve_device, train
+
+    tok, seed = settings.tokenizer, settings.project.seed
+    device = resolve_device(tok.device)
+    config = {
+        "kind": tok.kind,
+        "levels": tok.levels,
+        "codebook_size": tok.codebook_size,
+        "embedding_dim": int(embeddings.shape[1]),
+        "settings": dataclasses.asdict(tok),
+        "seed": seed,
+    }
+    if tok.kind == "rqkmeans":
+        result = residual_kmeans(
+            embeddings.to(device), levels=tok.levels, k=tok.codebook_size, iters=tok.kmeans_iters, seed=seed,
+            balanced=tok.balanced,
+        )
+        return Tokenizer(config, codebooks=result.codebooks), {"steps": 0}
+
+    torch.manual_seed(seed)
+    base = model_config(tok, int(embeddings.shape[1]), seed)
+    tag_ids = None
+    if tok.kind == "hidvae":
+        supervised = tags[: tok.levels]
+        tag_ids, names = tag_vocabulary(supervised, tok.tag_min_count)
+        texts = encode_tag_texts([tag_text(n) for level in names for n in level])
+        config["tag_names"] = names
+        model_cfg = hidvae_config(tok, base, [len(level) for level in names], int(texts.shape[1]))
+        model = HiDVAE(model_cfg)
+        sizes = [len(level) for level in names]
+        model.set_tag_texts(list(torch.split(texts.float(), sizes)))
+        tag_ids = tag_ids.to(device)
+    else:
+        model_cfg = base
+        model = RQVAE(model_cfg)
+    config["model"] = dataclasses.asdict(model_cfg)
+    model.to(device)
+    x = embeddings.to(device).float()
+    sample = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:INIT_SAMPLE]
+    model.initialize(x[sample.to(device)])
+    task = TokenizerTask(model, x, tag_ids, tok.batch_size, seed)
+    train_config = TrainConfig(
+        steps=tok.steps, lr=tok.lr, weight_decay=tok.weight_decay, warmup_steps=tok.warmup_steps,
+        schedule=tok.schedule, checkpoint_every=tok.checkpoint_every, seed=seed, device=str(device),
+        description=f"fitting the {tok.kind} tokenizer",
+    )
+    result = train(task, train_config, checkpoint_dir, fingerprint, reporter, resume=resume)
+    model.eval()
+    return Tokenizer(config, model=model), {"steps": result.steps, "history": result.history}
+
+
+def tokenizer_metrics(tokenizer: Tokenizer, embeddings: torch.Tensor, tags: list[list[str]] | None) -> dict:
+    """metrics.json: health of the codes over every item, reconstruction error, tag accuracy (hidvae)."""
+    codes, _, errors = tokenizer.assign(embeddings)
+    health = tokenizer_health(codes, tokenizer.codebook_size, tags)
+    metrics = {"reconstruction_error": float(errors.mean()), **health}
+    if tokenizer.config["kind"] == "hidvae":
+        names = tokenizer.config["tag_names"]
+        device = next(tokenizer.model.parameters()).device
+        predicted = tokenizer.model.predict_tags(embeddings.to(device).float()).cpu()
+        truth, _ = tag_vocabulary(tags[: len(names)], tokenizer.config["settings"]["tag_min_count"])
+        metrics["tag_accuracy"] = [float(a) for a in (predicted == truth).float().mean(0)]
+    return metrics
+
+
+# -- saving and loading -------------------------------------------------------------------------
+def save_tokenizer(tokenizer: Tokenizer, folder) -> None:
+    from safetensors.torch import save_file
+
+    if tokenizer.model is not None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tokenizer.model.state_dict().items()}
+    else:
+        tensors = {f"codebook_{level}": c.cpu().contiguous() for level, c in enumerate(tokenizer.codebooks)}
+    with atomic_path(folder / MODEL_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"kind": tokenizer.config["kind"]})
+    atomic_write_json(folder / CONFIG_FILE, tokenizer.config)
+
+
+def read_tokenizer(folder, device: torch.device | str = "cpu") -> Tokenizer:
+    """Rebuild a tokenizer from `folder/config.json` and load `folder/model.safetensors` into it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config_path, model_path = folder / CONFIG_FILE, folder / MODEL_FILE
+    if not config_path.exists() or not model_path.exists():
+        raise SemrecError(f"no fitted tokenizer in {folder}", "run `semrec fit-tokenizer`")
+    try:
+        config = json.loads(config_path.read_text())
+        tensors = load_file(str(model_path))
+    except (json.JSONDecodeError, SafetensorError, OSError) as e:
+        raise SemrecError(f"the tokenizer in {folder} is unreadable: {e}", "run `semrec fit-tokenizer --force`") from e
+    if config["kind"] == "rqkmeans":
+        codebooks = [tensors[f"codebook_{level}"] for level in range(config["levels"])]
+        return Tokenizer(config, codebooks=codebooks).to(device)
+    model = build_model(config)
+    expected = model.state_dict()
+    problems = [f"{k}: missing" for k in expected if k not in tensors]
+    problems += [f"{k}: not in a {config['kind']} model" for k in tensors if k not in expected]
+    problems += [
+        f"{k}: shape {tuple(tensors[k].shape)} in the file, {tuple(v.shape)} in the config"
+        for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape
+    ]
+    if problems:
+        raise SemrecError(
+            f"{model_path} does not match {config_path}: " + "; ".join(problems[:5]),
+            "run `semrec fit-tokenizer --force` to fit it again",
+        )
+    model.load_state_dict(tensors)
+    model.eval()
+    return Tokenizer(config, model=model).to(device)
+
+
+def load_tokenizer(ws) -> Tokenizer:
+    """The workspace's fitted tokenizer, after checking that it was fitted under the project's settings."""
+    from semrec.train import resolve_device
+
+    tokenizer = read_tokenizer(ws.path(TOKENIZER), resolve_device(ws.settings.tokenizer.device))
+    fitted, current = tokenizer.config["settings"], dataclasses.asdict(ws.settings.tokenizer)
+    for key, value in current.items():
+        if key not in _NOT_COMPARED and fitted.get(key) != value:
+            raise SemrecError(
+                f"{ws.path(TOKENIZER)} was fitted with tokenizer.{key} = {fitted.get(key)!r}, "
+                f"but {ws.project.path} says {value!r}",
+                "run `semrec fit-tokenizer` to fit it under the current settings (or restore the setting)",
+            )
+    if tokenizer.config.get("embedding_model") not in (None, ws.settings.embed.model):
+        raise SemrecError(
+            f"{ws.path(TOKENIZER)} was fitted on embeddings of {tokenizer.config['embedding_model']!r}, "
+            f"but embed.model is {ws.settings.embed.model!r}",
+            "run `semrec fit-tokenizer` to fit it on the current embeddings",
+        )
+    return tokenizer
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def run_fit_tokenizer(ws, run) -> dict:
+    from semrec.embed import CachedEncoder, load_embeddings
+
+    embeddings, metadata = load_embeddings(ws)
+    tags = load_tags(ws, embeddings.shape[0])
+    _check_inputs(ws, embeddings, tags)
+    folder = ws.path(TOKENIZER)
+    resume = bool(run.options.get("resume", True)) and not run.fresh
+
+    def encode_tag_texts(texts: list[str]) -> torch.Tensor:
+        encoder = CachedEncoder(ws.settings.embed, ws.reporter)
+        vectors = encoder.encode(texts)
+        encoder.save()
+        return vectors
+
+    started = time.perf_counter()
+    tokenizer, summary = fit_tokenizer(
+        ws.settings, embeddings, tags, folder / "checkpoints", run.fingerprint, ws.reporter, resume, encode_tag_texts
+    )
+    fit_seconds = time.perf_counter() - started
+    tokenizer.config["embedding_model"] = metadata.get("model", ws.settings.embed.model)
+    metrics = tokenizer_metrics(tokenizer, embeddings, tags)
+    metrics.update(kind=tokenizer.config["kind"], steps=summary["steps"], fit_seconds=fit_seconds)
+    if summary.get("history"):
+        metrics["history"] = summary["history"]
+    save_tokenizer(tokenizer, folder)
+    atomic_write_json(folder / METRICS_FILE, metrics)
+    figures = {k: v for k, v in metrics.items() if k not in ("history", "items")}
+    return _rounded(figures)

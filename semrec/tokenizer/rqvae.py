@@ -1,0 +1,101 @@
+"""RQ-VAE (TIGER, Rajput et al. 2023): an MLP auto-encoder with a residual quantiser in the middle.
+
+embedding (d) → encoder → latent (32) → L residual codebooks → sum of codewords → decoder → d.
+loss = reconstruction + Σ_levels (codebook + β·commitment).
+"""
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from semrec.tokenizer.quantize import ResidualQuantizer
+
+
+@dataclass
+class RQVAEConfig:
+    input_dim: int
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])
+    latent_dim: int = 32
+    levels: int = 3
+    codebook_size: int = 256
+    distance: str = "l2"
+    grad_mode: str = "rotation"
+    beta: float = 0.25
+    gumbel_temperature: list[float] = field(default_factory=lambda: [1.0, 0.1])
+    anneal_steps: int = 3000
+    kmeans_iters: int = 50
+    dead_after: int = 20  # steps a code may stay unused before it is re-seeded (0 = never)
+    seed: int = 0
+
+
+class RQVAEOutput(NamedTuple):
+    loss: torch.Tensor  # scalar: reconstruction_loss + quantize_loss
+    reconstruction_loss: torch.Tensor  # scalar: mean over items of |x - x̂|²
+    quantize_loss: torch.Tensor  # scalar: codebook + β·commitment, summed over levels
+    latent: torch.Tensor  # (B, latent_dim): encoder output before quantisation
+    quantized: torch.Tensor  # (B, latent_dim): sum of the codewords
+    codes: torch.Tensor  # (B, L)
+    reconstruction: torch.Tensor  # (B, input_dim)
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAE(nn.Module):
+    def __init__(self, config: RQVAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = mlp([config.input_dim, *config.hidden_dims, config.latent_dim])
+        self.decoder = mlp([config.latent_dim, *reversed(config.hidden_dims), config.input_dim])
+        self.quantizer = ResidualQuantizer(
+            levels=config.levels,
+            codebook_size=config.codebook_size,
+            dim=config.latent_dim,
+            distance=config.distance,
+            grad_mode=config.grad_mode,
+            beta=config.beta,
+            gumbel_temperature=tuple(config.gumbel_temperature),
+            anneal_steps=config.anneal_steps,
+            kmeans_iters=config.kmeans_iters,
+            dead_after=config.dead_after,
+            seed=config.seed,
+        )
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """k-means initialise the codebooks on the encoded sample x (B, input_dim)."""
+        self.quantizer.initialize(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> RQVAEOutput:
+        latent = self.encoder(x)
+        quantized, codes, quantize_loss = self.quantizer(latent)
+        reconstruction = self.decoder(quantized)
+        reconstruction_loss = (reconstruction.float() - x.float()).pow(2).sum(-1).mean()
+        return RQVAEOutput(
+            reconstruction_loss + quantize_loss, reconstruction_loss, quantize_loss, latent, quantized, codes,
+            reconstruction,
+        )
+
+    @torch.no_grad()
+    def assign(self, x: torch.Tensor, batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes (N, L), |latent - quantized| (N,) and the reconstruction error |x - x̂|² (N,), in eval mode."""
+        was_training = self.training
+        self.eval()
+        codes, gaps, errors = [], [], []
+        for start in range(0, x.shape[0], batch_size):
+            part = x[start : start + batch_size]
+            out = self(part)
+            codes.append(out.codes)
+            gaps.append((out.latent.float() - out.quantized.float()).norm(dim=-1))
+            errors.append((out.reconstruction.float() - part.float()).pow(2).sum(-1))
+        self.train(was_training)
+        return torch.cat(codes), torch.cat(gaps), torch.cat(errors)

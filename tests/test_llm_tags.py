@@ -1,0 +1,364 @@
+"""The LLM tagger against a local OpenAI-compatible server with scripted replies (pytest-httpserver)."""
+
+import json
+import socket
+import time
+import zlib
+from contextlib import contextmanager
+
+import polars as pl
+import pytest
+import torch
+from werkzeug import Response
+
+from semrec import embed
+from semrec.errors import SemrecError, StageFailed
+from semrec.report import ProgressBar, RecordingReporter, Reporter
+from semrec.settings import LLMSettings
+from semrec.tags import tree_violations
+from semrec.tags.llm import (
+    AnswerCache, CandidateIndex, ChatClient, InvalidAnswer, LLMJob, build_messages, parse_answer, tag_with_llm,
+)
+from semrec.tags.stage import LLM_CACHE, run_tag, tag_sample
+from semrec.workspace import ITEMS, TAGS, StageRun, write_parquet
+
+PATH = "/v1/chat/completions"
+
+
+def fake_encode(settings, texts, reporter=None, *, normalize=None):
+    """A deterministic stand-in for the sentence model: a hashed bag of words in 64 dimensions."""
+    x = torch.full((len(texts), 64), 0.01)
+    for row, text in enumerate(texts):
+        for word in text.lower().replace(">", " ").split():
+            x[row, zlib.crc32(word.encode()) % 64] += 1.0
+    normalize = settings.normalize if normalize is None else normalize
+    return torch.nn.functional.normalize(x, dim=1) if normalize else x
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch):
+    monkeypatch.setattr(embed, "encode_texts", fake_encode)
+    monkeypatch.setattr(embed, "load_model", lambda settings: None)
+
+
+def chat(content: str) -> dict:
+    return {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+
+
+def tags_json(*names: str) -> str:
+    return json.dumps({"tags": list(names)})
+
+
+def echo_tags(request) -> Response:
+    """Answers from the item text: level 1 from its first word, level 2 from its second, level 3 from its third."""
+    prompt = request.get_json()["messages"][1]["content"]
+    words = prompt.splitlines()[0].removeprefix("Item: ").split()
+    names = [w.capitalize() for w in (words + ["general"] * 3)[:3]]
+    return Response(json.dumps(chat(tags_json(*names))), content_type="application/json")
+
+
+def settings(httpserver, **overrides) -> LLMSettings:
+    values = {"base_url": httpserver.url_for("/v1"), "model": "tiny", "retry_wait_s": 0.01, "timeout_s": 5.0,
+              "max_retries": 2, "concurrency": 1, "candidates": 0}
+    values.update(overrides)
+    return LLMSettings(**values)
+
+
+def jobs(texts: list[str], levels: int = 3) -> list[LLMJob]:
+    return [LLMJob(i, f"K{i:03d}", text, [None] * levels) for i, text in enumerate(texts)]
+
+
+def run_jobs(httpserver, cache_path, texts, reporter=None, **overrides):
+    s = settings(httpserver, **overrides)
+    return tag_with_llm(
+        jobs(texts), settings=s, levels=3, cache=AnswerCache(cache_path), vocabulary=[set(), set(), set()],
+        item_vectors=None, encode=None, reporter=reporter or Reporter(), client=ChatClient(s),
+    )
+
+
+MESSAGES = build_messages("red matte lipstick", [None, None, None], [[], [], []])
+PRODUCTS = [f"{a} {b} item{i}" for i, (a, b) in enumerate((a, b) for a in ("makeup", "hair", "skin") for b in ("red", "blue", "gold", "mint"))]
+
+
+# -- answers ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content",
+    ['{"tags": ["Makeup", "Lips", "Lipstick"]}', '```json\n{"tags": ["Makeup", "Lips", "Lipstick"]}\n```',
+     '<think>{"tags": []}</think>Here: {"tags": ["Makeup", "Makeup > Lips", " Lipstick "]}'],
+)
+def test_parse_answer_accepts_fences_reasoning_and_paths(content):
+    assert parse_answer(content, 3) == ["Makeup", "Lips", "Lipstick"]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [("Makeup, Lips, Lipstick", "not JSON"), ('{"tags": ["Makeup", "Lips"', "not JSON"), ('{"tag": []}', 'no "tags" list'),
+     ('{"tags": ["Makeup", "Lips"]}', "2 names, expected exactly 3"), ('{"tags": ["Makeup", "", "x"]}', "tag 2"), ("", "empty")],
+)
+def test_parse_answer_says_what_is_wrong(content, problem):
+    with pytest.raises(InvalidAnswer, match=problem):
+        parse_answer(content, 3)
+
+
+# -- the client ---------------------------------------------------------------------------------
+def test_well_formed_answer_sends_model_messages_and_the_key_from_the_named_variable(httpserver, monkeypatch):
+    monkeypatch.setenv("MY_LLM_KEY", "sk-test")
+    httpserver.expect_request(PATH, method="POST", headers={"Authorization": "Bearer sk-test"}).respond_with_json(
+        chat(tags_json("Makeup", "Lips", "Lipstick"))
+    )
+    client = ChatClient(settings(httpserver, api_key_env="MY_LLM_KEY", temperature=0.2))
+    assert client.ask_tags(MESSAGES, 3) == ["Makeup", "Lips", "Lipstick"]
+    body = httpserver.log[0][0].get_json()
+    assert body["model"] == "tiny" and body["temperature"] == 0.2 and body["messages"] == MESSAGES
+    assert client.sent == 1
+
+
+def test_a_malformed_answer_is_sent_back_with_the_error_then_accepted(httpserver):
+    httpserver.expect_ordered_request(PATH).respond_with_json(chat("Makeup, Lips, Lipstick"))
+    httpserver.expect_ordered_request(PATH).respond_with_json(chat(tags_json("Makeup", "Lips", "Lipstick")))
+    client = ChatClient(settings(httpserver))
+    assert client.ask_tags(MESSAGES, 3) == ["Makeup", "Lips", "Lipstick"]
+    retry = httpserver.log[1][0].get_json()["messages"]
+    assert retry[:2] == MESSAGES and retry[2] == {"role": "assistant", "content": "Makeup, Lips, Lipstick"}
+    assert "invalid" in retry[3]["content"] and "not JSON" in retry[3]["content"]
+
+
+def test_429_is_retried_after_the_servers_wait(httpserver):
+    httpserver.expect_ordered_request(PATH).respond_with_json({"error": "slow down"}, status=429, headers={"Retry-After": "0"})
+    httpserver.expect_ordered_request(PATH).respond_with_json(chat(tags_json("A", "B", "C")))
+    client = ChatClient(settings(httpserver))
+    assert client.ask_tags(MESSAGES, 3) == ["A", "B", "C"] and client.sent == 2
+
+
+def test_500_forever_fails_clearly_after_the_retries_and_loses_no_cached_answer(httpserver, tmp_path):
+    cache_path = tmp_path / "llm.jsonl"
+    httpserver.expect_request(PATH).respond_with_handler(echo_tags)
+    first = run_jobs(httpserver, cache_path, PRODUCTS[:2])
+    assert len(first.answers) == 2 and first.sent == 2
+    httpserver.clear()
+    httpserver.expect_request(PATH).respond_with_data("upstream exploded", status=500)
+    with pytest.raises(StageFailed) as error:
+        run_jobs(httpserver, cache_path, PRODUCTS[:3])
+    assert httpserver.url_for(PATH) in error.value.message and "HTTP 500" in error.value.message
+    assert "after 3 tries" in error.value.message and "kept" in error.value.hint
+    assert len(httpserver.log) == 3  # only the new item was asked: 1 try + 2 retries
+    assert len(AnswerCache(cache_path).entries) == 2
+
+
+def test_a_request_that_outlasts_the_timeout_is_retried_then_reported(httpserver):
+    def slow(request):
+        time.sleep(0.4)
+        return Response(json.dumps(chat(tags_json("A", "B", "C"))), content_type="application/json")
+
+    httpserver.expect_request(PATH).respond_with_handler(slow)
+    client = ChatClient(settings(httpserver, timeout_s=0.1, max_retries=1))
+    with pytest.raises(StageFailed, match=r"no answer within 0.1 s") as error:
+        client.ask_tags(MESSAGES, 3)
+    assert "tag.llm.timeout_s" in error.value.hint and client.sent == 2
+
+
+def test_a_refused_key_is_reported_at_once_naming_the_variable(httpserver):
+    httpserver.expect_request(PATH).respond_with_json({"error": {"message": "Incorrect API key provided"}}, status=401)
+    client = ChatClient(settings(httpserver))
+    with pytest.raises(SemrecError) as error:
+        client.ask_tags(MESSAGES, 3)
+    assert error.value.exit_code == 2 and "HTTP 401" in error.value.message and httpserver.url_for(PATH) in error.value.message
+    assert "OPENAI_API_KEY" in error.value.hint and client.sent == 1
+
+
+@pytest.mark.parametrize(
+    "status, body, message, hint",
+    [
+        (404, {"error": {"message": 'model "tiny" not found, try pulling it first'}}, "does not know the model 'tiny'", "tag.llm.model"),
+        (400, {"object": "error", "message": "The model `tiny` does not exist."}, "does not know the model", "tag.llm.model"),
+        (404, "404 page not found", "not a chat-completions endpoint", "/v1"),
+        (200, "<html>welcome to nginx</html>", "not a chat-completions response", "OpenAI-compatible"),
+    ],
+)
+def test_an_unknown_model_or_wrong_url_is_a_clear_error(httpserver, status, body, message, hint):
+    if isinstance(body, dict):
+        httpserver.expect_request(PATH).respond_with_json(body, status=status)
+    else:
+        httpserver.expect_request(PATH).respond_with_data(body, status=status)
+    with pytest.raises(SemrecError) as error:
+        ChatClient(settings(httpserver)).ask_tags(MESSAGES, 3)
+    assert message in error.value.message and hint in error.value.hint
+
+
+def test_an_unreachable_endpoint_names_the_url_and_the_fix():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    llm = LLMSettings(base_url=f"http://127.0.0.1:{port}/v1", model="tiny", retry_wait_s=0.01, max_retries=1)
+    with pytest.raises(StageFailed) as error:
+        ChatClient(llm).ask_tags(MESSAGES, 3)
+    assert f"http://127.0.0.1:{port}/v1/chat/completions" in error.value.message and "cannot connect" in error.value.message
+    assert "tag.llm.base_url" in error.value.hint
+
+
+# -- runs over many items -----------------------------------------------------------------------
+def test_wrong_level_counts_are_retried_then_recorded_as_a_failure_that_a_rerun_does_not_ask_again(httpserver, tmp_path):
+    httpserver.expect_request(PATH).respond_with_json(chat(tags_json("Makeup", "Lips")))
+    outcome = run_jobs(httpserver, tmp_path / "llm.jsonl", PRODUCTS[:1])
+    assert outcome.answers == {} and "expected exactly 3" in outcome.failures[0] and outcome.sent == 3
+    again = run_jobs(httpserver, tmp_path / "llm.jsonl", PRODUCTS[:1])
+    assert again.failures == outcome.failures and again.sent == 0 and len(httpserver.log) == 3
+
+
+class InterruptAfter(Reporter):
+    """Raises KeyboardInterrupt (as Ctrl-C would) once `after` items are done."""
+
+    def __init__(self, after: int):
+        self.after, self.done = after, 0
+
+    @contextmanager
+    def progress(self, description, total=None):
+        reporter = self
+
+        class Bar(ProgressBar):
+            def advance(self, n=1):
+                reporter.done += n
+                if reporter.done >= reporter.after:
+                    raise KeyboardInterrupt
+
+        yield Bar()
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_an_interrupted_run_resumes_without_repeating_a_request(httpserver, tmp_path, concurrency):
+    httpserver.expect_request(PATH).respond_with_handler(echo_tags)
+    cache_path = tmp_path / "llm.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(httpserver, cache_path, PRODUCTS, reporter=InterruptAfter(4), concurrency=concurrency)
+    sent_before = len(httpserver.log)
+    assert 4 <= sent_before < len(PRODUCTS)
+    assert len(AnswerCache(cache_path).entries) == sent_before  # every answer that arrived was kept
+    outcome = run_jobs(httpserver, cache_path, PRODUCTS, concurrency=concurrency)
+    assert len(outcome.answers) == len(PRODUCTS) and outcome.cached == sent_before
+    assert len(httpserver.log) == len(PRODUCTS)
+    assert outcome.answers[0] == ["Makeup", "Red", "Item0"]
+
+
+def test_a_cache_line_cut_by_a_kill_is_skipped_and_the_next_answer_starts_a_new_line(tmp_path):
+    path = tmp_path / "llm.jsonl"
+    path.write_text(json.dumps({"key": "a", "tags": ["A"]}) + "\n" + '{"key": "b", "ta')
+    cache = AnswerCache(path)
+    assert set(cache.entries) == {"a"}
+    cache.record({"key": "c", "tags": ["C"]})
+    assert set(AnswerCache(path).entries) == {"a", "c"}
+
+
+def test_candidates_are_the_closest_tags_under_the_known_parent():
+    index = CandidateIndex(2, lambda texts: fake_encode(LLMSettings(), texts, normalize=True))
+    index.add(0, {"Makeup", "Hair Care"})
+    index.add(1, {"Makeup > Lips", "Makeup > Eyes", "Hair Care > Lips Balm"})
+    vector = fake_encode(LLMSettings(), ["lips"], normalize=True)[0]
+    assert index.closest(1, vector, 1) in (["Makeup > Lips"], ["Hair Care > Lips Balm"])
+    assert index.closest(1, vector, 5, prefix="Hair Care") == ["Hair Care > Lips Balm"]
+    assert index.closest(1, vector, 0) == []
+
+
+def test_prompts_and_answers_do_not_depend_on_concurrency(httpserver, tmp_path):
+    """Candidates grow only between rounds, so a resumed or differently parallel run asks the same prompts."""
+    httpserver.expect_request(PATH).respond_with_handler(echo_tags)
+    texts = [f"{a} {b} {c}" for a in ("makeup", "hair", "skin", "bath") for b in ("red", "blue", "gold", "mint", "sand")
+             for c in ("one", "two", "three", "four")]
+    vectors = fake_encode(LLMSettings(), texts, normalize=True)
+    encode = lambda tags: fake_encode(LLMSettings(), tags, normalize=True)  # noqa: E731
+    runs = []
+    for concurrency, name in [(8, "a.jsonl"), (1, "b.jsonl")]:
+        s = settings(httpserver, concurrency=concurrency, candidates=3)
+        outcome = tag_with_llm(
+            jobs(texts), settings=s, levels=3, cache=AnswerCache(tmp_path / name), vocabulary=[{"Makeup"}, set(), set()],
+            item_vectors=vectors, encode=encode, reporter=Reporter(), client=ChatClient(s),
+        )
+        runs.append((set(AnswerCache(tmp_path / name).entries), outcome.answers))
+    assert runs[0] == runs[1] and len(runs[0][0]) == len(texts)
+    late_prompt = httpserver.log[-1][0].get_json()["messages"][1]["content"]
+    assert "Candidates for level 2:" in late_prompt  # answers of earlier rounds became candidates
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def write_items(ws, rows):
+    frame = pl.DataFrame(
+        {"item": list(range(len(rows))), "item_key": [f"K{i:03d}" for i in range(len(rows))],
+         "title": [t for t, _ in rows], "text": [t for t, _ in rows], "category_path": [p for _, p in rows]},
+        schema_overrides={"item": pl.Int64, "category_path": pl.List(pl.Utf8)},
+    )
+    write_parquet(frame, ws.path(ITEMS))
+
+
+def test_auto_asks_the_llm_only_for_levels_the_metadata_lacks_and_a_rerun_sends_nothing(make_workspace, httpserver):
+    httpserver.expect_request(PATH).respond_with_handler(echo_tags)
+    ws = make_workspace("demo", **{
+        "tag.source": "auto", "tag.min_count": 1, "tag.llm.base_url": httpserver.url_for("/v1"),
+        "tag.llm.model": "tiny", "tag.llm.retry_wait_s": 0.01, "tag.llm.candidates": 4,
+    })
+    rows = [(f"makeup {c} lipstick", ["Beauty", "Makeup", "Lips", "Lipstick"]) for c in ("red", "pink", "nude")]
+    rows += [(f"makeup {c} gloss", ["Beauty", "Makeup"]) for c in ("clear", "shiny")] + [("hair argan oil", [])]
+    write_items(ws, rows)
+    embed.run_embed(ws, StageRun("embed", "test"))
+    figures = run_tag(ws, StageRun("tag", "test"))
+    frame = pl.read_parquet(ws.path(TAGS))
+    assert tree_violations(frame, 3) == []
+    assert figures["llm"] == {"asked": 3, "sent": 3, "cached": 0, "failed": 0}
+    assert frame.row(3, named=True) == {
+        "item": 3, "tag_1": "Makeup", "tag_2": "Makeup > Clear", "tag_3": "Makeup > Clear > Gloss",
+        "source_1": "metadata", "source_2": "llm", "source_3": "llm",
+    }
+    assert frame.row(5, named=True)["tag_3"] == "Hair > Argan > Oil"
+    prompts = [r.get_json()["messages"][1]["content"] for r, _ in httpserver.log]
+    gloss = next(p for p in prompts if "clear gloss" in p)
+    assert "Known tags (keep them): level 1: Makeup" in gloss and "Candidates for level 2: Makeup > Lips" in gloss
+    again = run_tag(ws, StageRun("tag", "test", fresh=True))
+    assert again["llm"] == {"asked": 0, "sent": 0, "cached": 3, "failed": 0} and len(httpserver.log) == 3
+    assert ws.path(LLM_CACHE).exists()
+
+
+def test_llm_source_needs_an_endpoint(make_workspace):
+    ws = make_workspace("demo", **{"tag.source": "llm"})
+    write_items(ws, [("red lipstick", [])])
+    with pytest.raises(SemrecError, match="no endpoint"):
+        run_tag(ws, StageRun("tag", "test"))
+
+
+@pytest.mark.slow
+def test_sample_dry_run_sends_nothing_and_the_full_run_reuses_the_sampled_answers(make_workspace, httpserver):
+    httpserver.expect_request(PATH).respond_with_handler(echo_tags)
+    ws = make_workspace("demo", **{
+        "data.demo_items": 300, "data.demo_users": 400, "tag.source": "llm", "tag.llm.base_url": httpserver.url_for("/v1"),
+        "tag.llm.model": "tiny", "tag.llm.concurrency": 4, "tag.llm.candidates": 5,
+    })
+    preview = tag_sample(ws, limit=None, dry_run=True)
+    assert len(preview["prompts"]) == 5 and preview["sent"] == 0 and len(httpserver.log) == 0
+    assert "JSON" in preview["system_prompt"] and all(p.startswith("Item: ") for p in preview["prompts"].values())
+    sample = tag_sample(ws, limit=10, dry_run=False)
+    assert sample["sent"] == 10 and len(sample["tags"]) == 10 and not ws.path(TAGS).exists()
+    assert set(sample["tags"]) == set(preview["prompts"]) | set(list(sample["tags"])[5:])
+    figures = ws.ensure("tag")
+    n_items = pl.read_parquet(ws.path(ITEMS)).height
+    assert figures["llm"]["cached"] == 10 and figures["llm"]["sent"] == n_items - 10
+    assert len(httpserver.log) == n_items
+    assert figures["sources"]["llm"][0] == n_items
+
+
+def test_sampling_without_an_endpoint_is_a_clear_error(make_workspace):
+    ws = make_workspace("demo")
+    with pytest.raises(SemrecError, match="no endpoint is configured") as error:
+        tag_sample(ws, limit=3, dry_run=False)
+    assert "--dry-run" in error.value.hint
+
+
+def test_recording_reporter_warns_about_items_the_llm_failed_on(make_workspace, httpserver):
+    httpserver.expect_request(PATH).respond_with_json(chat("no idea"))
+    ws = make_workspace("demo", **{
+        "tag.source": "llm", "tag.levels": 2, "tag.min_count": 1, "tag.llm.base_url": httpserver.url_for("/v1"),
+        "tag.llm.model": "tiny", "tag.llm.max_retries": 1, "tag.llm.retry_wait_s": 0.01,
+    })
+    ws.reporter = RecordingReporter()
+    write_items(ws, [("red lipstick", ["Makeup"]), ("argan oil", ["Hair"])])
+    embed.run_embed(ws, StageRun("embed", "test"))
+    figures = run_tag(ws, StageRun("tag", "test"))
+    assert figures["llm"]["failed"] == 2 and figures["sources"]["fallback"] == [2, 2]
+    assert "2 items got no valid answer from tiny" in ws.reporter.text()
+    assert tree_violations(pl.read_parquet(ws.path(TAGS)), 2) == []

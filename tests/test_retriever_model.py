@@ -1,0 +1,111 @@
+"""The retriever model: decoding equals teacher forcing, checkpoints rebuild the model or refuse clearly."""
+
+import pytest
+import torch
+
+from semrec.errors import SemrecError
+from semrec.retriever.model import Batch, Retriever, RetrieverConfig
+
+ARCHS = ["encoder-decoder", "decoder-only"]
+
+
+def tiny_config(arch: str, **overrides) -> RetrieverConfig:
+    values = dict(arch=arch, levels=3, codebook_size=5, collision_size=3, user_bins=7, max_seq_len=4, d_model=16,
+                  heads=2, head_dim=8, encoder_layers=2, decoder_layers=2, ff_dim=32, dropout=0.0)
+    values.update(overrides)
+    return RetrieverConfig(**values)
+
+
+def random_batch(cfg: RetrieverConfig, b: int = 5, n: int = 4, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor(cfg.level_sizes)
+    history = (torch.rand(b, n, cfg.positions, generator=g) * sizes).long()
+    lengths = torch.tensor([n, 1, 2, n, 3][:b]).clamp(max=n)
+    history[torch.arange(n)[None, :] < (n - lengths)[:, None]] = -1  # left padding
+    user = torch.randint(0, max(cfg.user_bins, 1), (b,), generator=g)
+    user[1] = -1
+    target = (torch.rand(b, cfg.positions, generator=g) * sizes).long()
+    return Batch(history, user if cfg.user_bins else torch.full((b,), -1), target)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoding_steps_equal_teacher_forced_logits(arch, beams):
+    torch.manual_seed(0)
+    cfg = tiny_config(arch)
+    model = Retriever(cfg).eval()
+    batch = random_batch(cfg)
+    with torch.no_grad():
+        logits = model(batch).logits
+    context = model.start(batch.history, batch.user)
+    for p in range(cfg.positions):
+        prefix = batch.target[:, None, :p].expand(-1, beams, -1)  # (B, W, p): every beam holds the same prefix
+        step = model.step_logits(context, prefix)
+        assert step.shape == (5, beams, cfg.level_sizes[p])
+        torch.testing.assert_close(step, logits[p][:, None].expand_as(step), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padding_does_not_change_the_prediction(arch):
+    torch.manual_seed(0)
+    cfg = tiny_config(arch)
+    model = Retriever(cfg).eval()
+    batch = random_batch(cfg, b=2, n=2)
+    padded = Batch(torch.cat([torch.full((2, 2, cfg.positions), -1), batch.history], 1), batch.user, batch.target)
+    with torch.no_grad():
+        for a, b in zip(model(batch).logits, model(padded).logits):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_user_token_changes_the_prediction_only_when_enabled():
+    torch.manual_seed(0)
+    model = Retriever(tiny_config("encoder-decoder")).eval()
+    batch = random_batch(model.cfg, b=2)
+    other = Batch(batch.history, (batch.user + 1) % model.cfg.user_bins, batch.target)
+    with torch.no_grad():
+        assert not torch.allclose(model(batch).logits[0], model(other).logits[0])
+    assert Retriever(tiny_config("encoder-decoder", user_bins=0)).tokens.num_embeddings == 3 + 3 * 5 + 3
+
+
+def test_training_loss_is_cross_entropy_over_each_positions_own_tokens():
+    cfg = tiny_config("decoder-only")
+    model = Retriever(cfg).eval()
+    with torch.no_grad():
+        out = model(random_batch(cfg))
+    assert [lg.shape[1] for lg in out.logits] == [5, 5, 5, 3]
+    # an untrained model is close to uniform over each position's tokens
+    expected = torch.tensor([5.0, 5.0, 5.0, 3.0]).log().mean()
+    assert abs(float(out.loss) - float(expected)) < 0.3
+
+
+def test_decoder_only_has_a_comparable_parameter_count_at_the_published_size():
+    sizes = dict(levels=3, codebook_size=256, collision_size=10, user_bins=2000, max_seq_len=20)
+    enc_dec = Retriever(RetrieverConfig(arch="encoder-decoder", **sizes)).num_params()
+    dec = Retriever(RetrieverConfig(arch="decoder-only", **sizes)).num_params()
+    assert 0.75 < dec / enc_dec < 1.0
+
+
+def test_checkpoint_rebuilds_the_model(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config("encoder-decoder")
+    model = Retriever(cfg).eval()
+    model.save(tmp_path / "m.safetensors", {"steps": 3})
+    loaded = Retriever.load(tmp_path / "m.safetensors")
+    assert loaded.cfg == cfg
+    batch = random_batch(cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch).loss, loaded(batch).loss)
+
+
+@pytest.mark.parametrize("key,value", [("arch", "decoder-only"), ("collision_size", 4), ("codebook_size", 6)])
+def test_loading_under_another_architecture_or_vocabulary_is_a_clear_error(tmp_path, key, value):
+    Retriever(tiny_config("encoder-decoder")).save(tmp_path / "m.safetensors")
+    with pytest.raises(SemrecError, match=f"trained with {key} = ") as info:
+        Retriever.load(tmp_path / "m.safetensors", expect={key: value})
+    assert "semrec fit-retriever" in str(info.value)
+
+
+def test_loading_a_file_that_is_not_a_retriever_is_a_clear_error(tmp_path):
+    (tmp_path / "m.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SemrecError, match="cannot read the retriever"):
+        Retriever.load(tmp_path / "m.safetensors")
