@@ -5,7 +5,8 @@ Beauty item texts, exactly as `semrec embed` encodes them (`encode_texts`: lengt
 fp16 on a GPU), with the model load timed apart and one warm-up batch first.
 Tagging: tags per second of `tag_with_llm` against a local OpenAI-compatible stub server that
 answers at once (so the figure is semrec's own overhead: prompts, HTTP, parsing, the answer
-cache), with concurrency 1 and 8, then a rerun served entirely from the answer cache.
+cache), with concurrency 1 and 8, then a rerun served entirely from the answer cache;
+`--stub-latency-ms` makes the stub wait like a real model, which is where concurrency pays.
 
     python bench/embed.py                       # CPU, every Beauty item (from ../shared/datasets)
     python bench/embed.py --items 2000          # a subset
@@ -74,8 +75,10 @@ class _StubHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else headers and body, written apart, wait on a delayed ACK (~40 ms)
+    latency_s = 0.0  # a model's thinking time, to see what concurrency buys
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
+        time.sleep(self.latency_s)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         words = body["messages"][1]["content"].splitlines()[0].removeprefix("Item: ").split()
         tags = [w.strip(",.").capitalize() or "General" for w in (words + ["general"] * 3)[:3]]
@@ -97,7 +100,8 @@ def bench_tagging(texts: list[str], vectors, args) -> list[dict]:
     from semrec.settings import EmbedSettings, LLMSettings
     from semrec.tags.llm import AnswerCache, ChatClient, LLMJob, tag_with_llm
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+    handler = type("Handler", (_StubHandler,), {"latency_s": args.stub_latency_ms / 1000})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -122,7 +126,7 @@ def bench_tagging(texts: list[str], vectors, args) -> list[dict]:
                 assert len(outcome.answers) == len(jobs), outcome.failures
                 rows.append({
                     "measure": "tag items (LLM stub)",
-                    "setting": f"concurrency {concurrency}, {candidates} candidates/level, "
+                    "setting": f"concurrency {concurrency}, {candidates} candidates/level, stub latency {args.stub_latency_ms:g} ms, "
                     + ("all answers cached" if state == "cached" else f"{outcome.sent} requests"),
                     "items": len(jobs), "seconds": seconds, "rate": len(jobs) / seconds,
                 })
@@ -141,13 +145,19 @@ def main() -> None:
     parser.add_argument("--llm-items", type=int, default=2000, help="items tagged against the stub server (0 = skip)")
     parser.add_argument("--candidates", type=int, default=0,
                         help="also tag with this many embedding-retrieved candidates per level (embeds every new tag text)")
+    parser.add_argument("--stub-latency-ms", type=float, default=0.0, help="the stub server waits this long before each answer")
     parser.add_argument("--skip-embed", action="store_true")
     parser.add_argument("--texts", type=Path, help="read the item texts from this JSON list instead of the Beauty files")
     parser.add_argument("--dump-texts", type=Path, help="write the Beauty item texts to this JSON file and stop")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
 
-    os.environ.setdefault("SEMREC_CACHE_DIR", tempfile.mkdtemp(prefix="semrec-bench-"))
+    with tempfile.TemporaryDirectory(prefix="semrec-bench-") as scratch:
+        os.environ.setdefault("SEMREC_CACHE_DIR", scratch)  # never the user's cache: every run starts cold
+        run_benchmarks(args)
+
+
+def run_benchmarks(args) -> None:
     texts = json.loads(args.texts.read_text()) if args.texts else beauty_texts(BEAUTY)
     if args.dump_texts:
         args.dump_texts.write_text(json.dumps(texts))

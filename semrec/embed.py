@@ -74,7 +74,10 @@ def model_source(name: str) -> tuple[str, str]:
 def resolve_device(setting: str) -> torch.device:
     from semrec.train import resolve_device as resolve
 
-    return resolve(setting)
+    try:
+        return resolve(setting)
+    except SemrecError as e:
+        raise SemrecError(f"embed.device = {setting!r}: {e.message}", e.hint) from e
 
 
 def load_model(settings: EmbedSettings):
@@ -115,7 +118,10 @@ def load_model(settings: EmbedSettings):
             f"embed.model = \"/path/to/models/{Path(repo).name}\" in semrec.toml",
         ) from e
     # fp16 on a GPU when asked, float32 everywhere else (even for weights stored in fp16: CPUs are slow at it)
-    model.half() if half else model.float()
+    if half:
+        model.half()
+    else:
+        model.float()
     model.eval()
     _LOADED[key] = model
     return model
@@ -208,10 +214,6 @@ class CachedEncoder:
             return torch.zeros(0, 0)
         vectors = torch.stack([self.vectors[k] for k in keys])  # (n, d)
         return torch.nn.functional.normalize(vectors, dim=1) if self.settings.normalize else vectors
-
-    @property
-    def dim(self) -> int:
-        return next(iter(self.vectors.values())).shape[0] if self.vectors else 0
 
     def save(self) -> None:
         if not self.new:

@@ -13,6 +13,7 @@ checkpoint whose fingerprint differs is not resumed.
 
 import json
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -41,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # bf16 autocast, on CUDA only
+    max_seconds: float = 0.0  # stop (validating and checkpointing first) after this much training time; 0: no limit
     description: str = "training"
 
 
@@ -50,6 +52,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
     stopped_early: bool = False
+    seconds: float = 0.0
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -179,7 +182,7 @@ def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, rep
     checkpoint_dir = Path(checkpoint_dir)
     last_path, best_path = checkpoint_dir / LAST, checkpoint_dir / BEST
 
-    progress = {"step": 0, "history": [], "best": None, "bad_validations": 0, "stopped_early": False}
+    progress = {"step": 0, "history": [], "best": None, "bad_validations": 0, "stopped_early": False, "seconds": 0.0}
     if resume and last_path.exists():
         if checkpoint_fingerprint(last_path) == fingerprint:
             progress = load_checkpoint(last_path, model, optimizer)
@@ -224,9 +227,11 @@ def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, rep
             progress["stopped_early"] = True
 
     model.train()
+    out_of_time = False
+    started = time.monotonic() - progress.get("seconds", 0.0)
     with reporter.progress(config.description, total=config.steps) as bar:
         bar.advance(progress["step"])
-        while progress["step"] < config.steps and not progress["stopped_early"]:
+        while progress["step"] < config.steps and not progress["stopped_early"] and not out_of_time:
             step = progress["step"]
             lr = learning_rate(step, config)
             for group in optimizer.param_groups:
@@ -255,7 +260,9 @@ def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, rep
                 bar.show(**means)
                 running = {}
 
-            done = progress["step"] == config.steps
+            progress["seconds"] = time.monotonic() - started
+            out_of_time = bool(config.max_seconds) and progress["seconds"] >= config.max_seconds
+            done = progress["step"] == config.steps or out_of_time
             if validate is not None and ((config.eval_every and progress["step"] % config.eval_every == 0) or done):
                 run_validation()
             if progress["step"] % config.checkpoint_every == 0 or done or progress["stopped_early"]:
@@ -263,6 +270,8 @@ def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, rep
                 save_checkpoint(last_path, model, optimizer, fingerprint, progress)
                 last_saved = progress["step"]
 
+    if out_of_time:
+        reporter.info(f"stopped at step {progress['step']}: the time limit of {config.max_seconds:.0f} s is reached")
     if progress["stopped_early"]:
         reporter.info(f"stopped early at step {progress['step']}: no improvement in {config.patience} validations")
     if validate is not None and progress["best"] is not None and best_path.exists():
@@ -271,5 +280,5 @@ def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, rep
         model.load_state_dict(load_file(str(best_path), device=str(device)))
     return TrainResult(
         steps=progress["step"], history=progress["history"], best=progress["best"],
-        stopped_early=progress["stopped_early"],
+        stopped_early=progress["stopped_early"], seconds=progress["seconds"],
     )

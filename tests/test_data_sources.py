@@ -10,7 +10,7 @@ import zipfile
 import polars as pl
 import pytest
 
-from semrec.data import amazon, download, movielens
+from semrec.data import download, movielens
 from semrec.data.download import RawFile
 from semrec.errors import SemrecError
 from semrec.workspace import INTERACTIONS, ITEMS, SPLITS
@@ -271,7 +271,7 @@ def kuairand_archive() -> bytes:
     return buffer.getvalue()
 
 
-def test_kuairand_archive_gives_clicks_in_time_order_with_text_from_the_features(make_workspace, mirror):
+def test_kuairand_archive_gives_clicks_in_time_order_with_text_from_the_features(make_workspace, mirror, httpserver):
     mirror("KuaiRand-Pure.tar.gz", kuairand_archive())
     ws = make_workspace("kuairand", **{"data.min_interactions": 0})
     figures = ws.ensure("download")
@@ -285,6 +285,9 @@ def test_kuairand_archive_gives_clicks_in_time_order_with_text_from_the_features
                              "Duration: 17 s. Tags: 12, 65. Music: 989206467.")
     assert first["category_path"] == ["tag 12"] and items.row(1, named=True)["category_path"] == []
     assert (download.dataset_cache("kuairand-pure") / "data" / "video_features_basic_pure.csv").is_file()
+    requests = len(httpserver.log)
+    assert ws.ensure("download", force=True) == figures
+    assert len(httpserver.log) == requests, "a rerun uses the unpacked files, without the network"
 
 
 def test_an_archive_without_the_kuairand_files_is_a_clear_error(make_workspace, mirror):

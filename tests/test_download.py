@@ -189,3 +189,10 @@ def test_open_text_reads_plain_and_gzipped_files_alike(tmp_path):
     for name in ("a.txt", "b.txt"):
         with download.open_text(Path(tmp_path / name)) as f:
             assert f.read().split() == ["one", "two"]
+
+
+def test_a_local_dir_that_is_not_a_folder_is_named(make_workspace, tmp_path):
+    ws = make_workspace("ml-1m", **{"data.local_dir": "no/such/folder"})
+    with pytest.raises(SemrecError, match=r"data.local_dir = 'no/such/folder' is not a folder") as caught:
+        ws.ensure("download")
+    assert str(ws.root / "no/such/folder") in caught.value.message

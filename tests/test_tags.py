@@ -140,6 +140,7 @@ def test_distinctive_words_prefer_what_sets_a_cluster_apart():
     shampoos = [title_words(t) for t in ["Argan shampoo", "Shampoo for dry hair", "Dry shampoo spray"]]
     assert distinctive_words(lipsticks, lipsticks + shampoos, top=1) == ["lipstick"]
     assert distinctive_words(shampoos, lipsticks + shampoos, top=1) == ["shampoo"]
+    assert distinctive_words(shampoos, lipsticks + shampoos, top=1, exclude=frozenset({"shampoo"})) == ["dry"]
 
 
 def test_fallback_clustering_builds_a_labelled_valid_tree_deterministically():

@@ -98,3 +98,10 @@ def test_learning_rate_warms_up_then_never_exceeds_peak(schedule):
     assert max(rates) <= 1.0 and min(rates) > 0
     if schedule != "constant":
         assert rates[-1] < rates[10]
+
+
+def test_time_limit_stops_with_a_validated_checkpoint(tmp_path):
+    task = ValidatedTask(scores=[0.3, 0.2])
+    result = train(task, config(1000, max_seconds=1e-9), tmp_path, "fp")
+    assert result.steps == 1 and result.best == {"step": 1, "score": 0.3}
+    assert (tmp_path / "last.safetensors").exists()

@@ -44,7 +44,9 @@ def load(ws) -> SourceData:
     archive_name, suffix = VARIANTS[variant]
     files = RawFiles.for_workspace(ws, f"kuairand-{variant}")
     names = member_names(suffix)
+    # unpacked files: in data.local_dir, or from an earlier run in the cache (the archive is then not read again)
     paths = _local_csvs(files.local_dir, names) if files.local_dir is not None else None
+    paths = paths or _local_csvs(files.cache, names)
     if paths is None:
         archive = files.get(RawFile(archive_name, f"{ZENODO}/{archive_name}"))
         paths = extract_members(archive, names, files.cache / "data")
@@ -55,7 +57,7 @@ def load(ws) -> SourceData:
 
 
 def _local_csvs(folder: Path, names: tuple[str, ...]) -> list[Path] | None:
-    """The unpacked CSV files in data.local_dir (or its data/ folder), if all are there."""
+    """The unpacked CSV files in `folder` (or its data/ folder), if all are there."""
     found = []
     for name in names:
         candidates = [folder / name, folder / "data" / name]

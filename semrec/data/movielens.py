@@ -167,11 +167,14 @@ def _movies_frame(rows: list[dict]) -> pl.DataFrame:
 
 def load_32m(files: RawFiles) -> SourceData:
     ratings_file, movies_file = RawFile("ratings.csv", None), RawFile("movies.csv", None)
+    unpacked = files.cache / "ml-32m"
     if files.local_dir is not None and find_local(ARCHIVES["32m"], files.local_dir) is None:
         ratings, movies = files.get(ratings_file), files.get(movies_file)
+    elif (unpacked / "ratings.csv").is_file() and (unpacked / "movies.csv").is_file():
+        ratings, movies = unpacked / "ratings.csv", unpacked / "movies.csv"  # from an earlier run
     else:
         archive = files.get(ARCHIVES["32m"])
-        ratings, movies = extract(archive, ("ratings.csv", "movies.csv"), files.cache / "ml-32m")
+        ratings, movies = extract(archive, ("ratings.csv", "movies.csv"), unpacked)
     return SourceData("movielens 32m", read_movies_csv(movies), scan_ratings_csv(ratings), unknown_items="drop")
 
 

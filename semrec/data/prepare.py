@@ -105,7 +105,7 @@ def prepare_tables(
     users, user_keys = dense_codes(inter["user_key"])
     item_codes, item_keys = dense_codes(inter["item_key"])
     all_times = inter["timestamp"]
-    del inter  # frees the raw table: from here on, numpy arrays of codes (32M rows at ~4 GiB peak at most)
+    del inter  # frees the raw table: from here on the work is on numpy arrays of codes
     rows = np.arange(users.size, dtype=_index_dtype(users.size))
     unknown = ~item_keys.is_in(items["item_key"].implode()).to_numpy()
     if unknown.any():
@@ -160,13 +160,16 @@ def dense_codes(keys: pl.Series) -> tuple[np.ndarray, pl.Series]:
     """(code of each row, the distinct keys in code order). Integer keys in a compact range use a lookup
     table (linear); others are ranked (a sort)."""
     if keys.dtype.is_integer():
-        values = keys.to_numpy().astype(np.int64, copy=False)
+        values = keys.to_numpy()
         low, high = int(values.min()), int(values.max())
         if high - low <= 4 * values.size + 1_000_000:
+            # offsets in [0, high - low], in the key's own width when that holds them (less memory)
+            width = values.dtype if high - low <= np.iinfo(values.dtype).max else np.dtype(np.int64)
+            offsets = values.astype(width, copy=False) - width.type(low)
             present = np.zeros(high - low + 1, dtype=bool)
-            present[values - low] = True
+            present[offsets] = True
             lookup = (np.cumsum(present) - 1).astype(np.int32)
-            return lookup[values - low], pl.Series(keys.name, np.flatnonzero(present) + low).cast(keys.dtype)
+            return lookup[offsets], pl.Series(keys.name, np.flatnonzero(present) + low).cast(keys.dtype)
     codes = keys.rank("dense").to_numpy().astype(np.int32) - 1
     return codes, keys.unique().sort()
 

@@ -175,17 +175,26 @@ class Batches:
     the step), so a resumed run sees the same batches as an uninterrupted one.
     """
 
-    def __init__(self, ids: SemanticIds, sequences: Sequences, device: torch.device, seed: int, trim: bool = True):
+    def __init__(self, ids: SemanticIds, sequences: Sequences, device: torch.device, seed: int, pieces: int = 1,
+                 trim: bool = True):
+        """pieces > 1: a training batch is sorted by history length and cut into that many pieces, each
+        padded only to its own longest history (the same examples, far less padding: worth it on a
+        CPU). trim = False pads every batch to max_seq_len (fixed shapes, for torch.compile)."""
         self.codes = ids.codes.to(device)
         self.sequences = sequences
-        self.device, self.seed, self.trim = device, seed, trim
-        self.bins = sequences.bins.to(device)
+        self.device, self.seed, self.pieces, self.trim = device, seed, pieces, trim
 
-    def training(self, index: Tensor, step: int) -> Batch:
-        history, user_row, target = self.sequences.training_items(index)
+    def training(self, index: Tensor, step: int) -> list[Batch]:
+        """The examples `index` as `pieces` batches; together they hold every example once."""
         drop = torch.rand(len(index), generator=torch.Generator().manual_seed(self.seed * 7919 + step)) < USER_DROPOUT
-        user = torch.where(drop, -1, self.sequences.bins[user_row])
-        return self._batch(history, user, target)
+        if self.pieces > 1:
+            order = torch.argsort(self.sequences.example_history[index], stable=True)
+            index, drop = index[order], drop[order]
+        batches = []
+        for part, dropped in zip(index.chunk(self.pieces), drop.chunk(self.pieces)):
+            history, user_row, target = self.sequences.training_items(part)
+            batches.append(self._batch(history, torch.where(dropped, -1, self.sequences.bins[user_row]), target))
+        return batches
 
     def evaluation(self, history: Tensor, user_rows: Tensor, target: Tensor) -> Batch:
         return self._batch(history, self.sequences.bins[user_rows], target)

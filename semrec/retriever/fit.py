@@ -48,8 +48,10 @@ class RetrieverTask:
         self.tokens_seen += self.batches.tokens(index)
         return self.batches.training(index, step)
 
-    def loss(self, batch):
-        return self.model(batch).loss, {}
+    def loss(self, pieces):
+        """Mean cross-entropy over all examples of the step's pieces."""
+        total = sum(self.model(piece).loss * len(piece.target) for piece in pieces)
+        return total / sum(len(piece.target) for piece in pieces), {}
 
     def validate(self) -> dict[str, float]:
         started = time.perf_counter()
@@ -79,10 +81,10 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def run_fit_retriever(ws, run) -> dict:
+def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
+    """The model, data and validation of this workspace's retriever, ready for semrec.train."""
     s = ws.settings.retriever
     seed = ws.settings.project.seed
-    device = resolve_device(s.device)
     torch.manual_seed(seed)
     ids = read_semantic_ids(ws.path(SEMANTIC_IDS), ws.path(TOKENIZER))
     sequences = read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), s.user_bins, ws.settings.data.max_seq_len)
@@ -93,11 +95,21 @@ def run_fit_retriever(ws, run) -> dict:
     config = model_config(ws, ids)
     model = Retriever(config).to(device)
     compiled = s.compile and device.type == "cuda"
-    batches = Batches(ids, sequences, device, seed, trim=not compiled)  # fixed shapes for torch.compile
+    # on a GPU one large batch is fastest (fixed shapes when compiled); on a CPU, less padding is
+    batches = Batches(ids, sequences, device, seed, pieces=1 if device.type == "cuda" else 4, trim=not compiled)
     trie = ItemTrie(ids.codes, torch.arange(len(ids.codes)), config.level_sizes, device)
     task = RetrieverTask(model, batches, trie, s.batch_size, seed, s.beam_size, s.valid_users, ws.settings.eval.batch_size)
     if compiled:
         model.compile()
+    return task, ids
+
+
+def run_fit_retriever(ws, run) -> dict:
+    """Train; `run.options["max_seconds"]` (scripts) bounds the training time."""
+    s = ws.settings.retriever
+    device = resolve_device(s.device)
+    task, ids = build_task(ws, device)
+    model, config, sequences = task.model, task.model.cfg, task.batches.sequences
     ws.reporter.info(
         f"retriever: {config.arch}, {model.num_params():,} parameters, {len(sequences):,} training examples "
         f"of {sequences.n_users:,} users, on {device}"
@@ -108,7 +120,8 @@ def run_fit_retriever(ws, run) -> dict:
         TrainConfig(
             steps=s.steps, lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup_steps, schedule=s.schedule,
             grad_clip=s.grad_clip, checkpoint_every=s.checkpoint_every, eval_every=s.eval_every, patience=s.patience,
-            seed=seed, device=str(device), description="fit-retriever",
+            seed=ws.settings.project.seed, device=str(device), max_seconds=float(run.options.get("max_seconds", 0)),
+            description="fit-retriever",
         ),
         ws.path(RETRIEVER) / "checkpoints", run.fingerprint, ws.reporter,
         resume=run.options.get("resume", True) and not run.fresh,
@@ -151,7 +164,7 @@ class Trained:
     ids: SemanticIds  # every item's codes, collision tokens clamped to the trained range (history input)
     trie: ItemTrie  # the items the model can generate
     device: torch.device
-    undecodable: int  # cold-start items whose collision token the model never learned
+    decodable: torch.Tensor  # (N,) bool: False for cold-start items whose collision token the model never learned
 
     @property
     def n_items(self) -> int:
@@ -194,9 +207,10 @@ def load_trained(ws, device: torch.device) -> Trained:
     expect = {"arch": s.arch, "levels": ids.levels, "codebook_size": ids.codebook_size, "user_bins": s.user_bins}
     model = Retriever.load(folder / "model.safetensors", device, expect=expect)
     collisions = model.cfg.collision_size
-    decodable = torch.nonzero(ids.codes[:, -1] < collisions)[:, 0]
-    trie = ItemTrie(ids.codes[decodable], decodable, model.cfg.level_sizes, device)
+    decodable = ids.codes[:, -1] < collisions
+    rows = torch.nonzero(decodable)[:, 0]
+    trie = ItemTrie(ids.codes[rows], rows, model.cfg.level_sizes, device)
     codes = ids.codes.clone()
     codes[:, -1].clamp_(max=collisions - 1)
     return Trained(model=model, config=config, ids=dataclasses.replace(ids, codes=codes), trie=trie, device=device,
-                   undecodable=len(ids.codes) - len(decodable))
+                   decodable=decodable.to(device))

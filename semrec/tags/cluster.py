@@ -6,7 +6,9 @@ split by k-means on the embeddings into at most `branching` clusters of about `m
 more. Each cluster is named by the title words most distinctive of it against its sibling clusters
 (against the whole catalogue when it has no sibling): the words whose share of titles in the
 cluster most exceeds their share in the background, weighted by that share (one term of a KL
-divergence). Same embeddings, titles and seed -> the same tags.
+divergence). A group too small to split below a cluster that was itself made here gets the
+filler "<parent> (general)" rather than the parent's words again. Same embeddings, titles and
+seed -> the same tags.
 """
 
 import math
@@ -23,7 +25,8 @@ from semrec.tokenizer.kmeans import kmeans
 _WORD = re.compile(r"[a-z][a-z'&-]*[a-z]")
 _STOPWORDS = frozenset(
     "and for with the from your you our this that are was not all new one two oz fl ml pack size set "
-    "count piece pieces inch inches ounce ounces each per by of in on to or as at an".split()
+    "count piece pieces inch inches ounce ounces each per by of in on to or as at an "
+    "liter liters litre gram grams pound pounds jar tube bottle bottles box".split()
 )
 
 
@@ -31,13 +34,17 @@ def title_words(title: str | None) -> set[str]:
     return {w for w in _WORD.findall((title or "").lower()) if len(w) >= 3 and w not in _STOPWORDS}
 
 
-def distinctive_words(cluster: list[set[str]], background: list[set[str]], top: int = 2) -> list[str]:
-    """The `top` words of `cluster`'s titles that most set it apart from `background`."""
+def distinctive_words(
+    cluster: list[set[str]], background: list[set[str]], top: int = 2, exclude: frozenset[str] = frozenset()
+) -> list[str]:
+    """The `top` words of `cluster`'s titles that most set it apart from `background` (never one of `exclude`)."""
     if not cluster:
         return []
     inside, outside = Counter(w for words in cluster for w in words), Counter(w for words in background for w in words)
     scores = []
     for word, count in inside.items():
+        if word in exclude:
+            continue
         share = count / len(cluster)
         base = (outside[word] + 1) / (len(background) + 2)
         scores.append((-(share * math.log(share / base)), word))
@@ -88,7 +95,9 @@ def fill_by_clustering(
                 if k == 1 and level and all(sources[i][level - 1] == "fallback" for i in chosen):
                     label = filler(names[chosen[0]][level - 1])  # a cluster that does not split further
                 else:
-                    label = _label(distinctive_words([words[i] for i in chosen], background)) or "Group"
+                    # the parent's own words name nothing new ("Makeup > Makeup")
+                    exclude = frozenset(title_words(prefix))
+                    label = _label(distinctive_words([words[i] for i in chosen], background, exclude=exclude)) or "Group"
                 unique, n = label, 2
                 while unique in used:
                     unique, n = f"{label} ({n})", n + 1

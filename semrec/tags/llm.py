@@ -14,12 +14,14 @@ run resumed after an interruption, rebuilds exactly the same prompts and sends n
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from itertools import takewhile
 from pathlib import Path
 
 import requests
@@ -32,6 +34,7 @@ from semrec.tags import SEPARATOR, clean_name
 
 ROUND = 64  # items whose prompts share one candidate vocabulary
 MAX_NAME = 80
+_UNKNOWN_MODEL = re.compile(r"model_not_found|unknown model|model\W[^.]{0,80}?(not (be )?found|does not exist)", re.I)
 _KEPT = "answers received so far are kept in the workspace's tags_cache/llm.jsonl and are not asked again"
 
 
@@ -111,8 +114,6 @@ class ChatClient:
     """
 
     def __init__(self, settings: LLMSettings, api_key: str | None = None):
-        import os
-
         if not settings.base_url:
             raise SemrecError("no LLM endpoint is configured (tag.llm.base_url is empty)", "set tag.llm.base_url, e.g. http://localhost:11434/v1")
         if not settings.model:
@@ -136,8 +137,10 @@ class ChatClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         problem, hint = "", ""
         for attempt in range(s.max_retries + 1):
-            if attempt:
-                stop.wait(wait) if stop is not None else time.sleep(wait)
+            if attempt and stop is not None:
+                stop.wait(wait)
+            elif attempt:
+                time.sleep(wait)
             if stop is not None and stop.is_set():
                 raise Stopped()
             wait = s.retry_wait_s * 2**attempt
@@ -171,10 +174,10 @@ class ChatClient:
                 f"put a valid API key in the environment variable {self.settings.api_key_env}, "
                 "or name the variable that holds it in tag.llm.api_key_env",
             )
-        if status in (400, 404) and re.search(r"model", text, re.I) and re.search(r"not (be )?found|not exist|unknown|invalid", text, re.I):
+        if status in (400, 404) and _UNKNOWN_MODEL.search(text):
             raise SemrecError(
                 f"the LLM endpoint {self.url} does not know the model {self.settings.model!r} (HTTP {status}): {_excerpt(text)}",
-                "set tag.llm.model to a model the server serves (`ollama list`, or GET {base_url}/models)",
+                f"set tag.llm.model to a model the server serves (`ollama list`, or GET {self.settings.base_url.rstrip('/')}/models)",
             )
         if status == 404:
             raise SemrecError(
@@ -367,10 +370,10 @@ def tag_with_llm(
                 todo = []
                 for job in jobs[start : start + ROUND]:
                     candidates = [[] for _ in range(levels)]
-                    if index is not None:
-                        for level in range(levels):
-                            known = [n for n in job.known[:level]]
-                            prefix = SEPARATOR.join(known) if known and None not in known else ""
+                    known_prefix = list(takewhile(lambda name: name is not None, job.known))
+                    for level in range(levels if index is not None else 0):
+                        if job.known[level] is None:  # offer tags under the deepest known ancestor only
+                            prefix = SEPARATOR.join(known_prefix[:level])
                             candidates[level] = index.closest(level, item_vectors[job.item], settings.candidates, prefix)
                     messages = build_messages(job.text, job.known, candidates)
                     key = prompt_key(settings.model, settings.temperature, messages)

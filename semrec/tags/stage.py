@@ -168,7 +168,7 @@ def _fallback(ws, items: pl.DataFrame, names: Grid, sources: Grid) -> int:
 def _frame(items: pl.DataFrame, names: Grid, sources: Grid, levels: int) -> pl.DataFrame:
     paths = [join_path(row) for row in names]
     columns = {"item": items["item"].cast(pl.Int64)}
-    for level, (tag_col, src_col) in enumerate(zip(tag_columns(levels), source_columns(levels))):
+    for level, tag_col in enumerate(tag_columns(levels)):
         columns[tag_col] = pl.Series(tag_col, [p[level] for p in paths], dtype=pl.Utf8)
     for level, src_col in enumerate(source_columns(levels)):
         columns[src_col] = pl.Series(src_col, [s[level] for s in sources], dtype=pl.Utf8)
@@ -248,6 +248,8 @@ def tag_sample(ws, limit: int | None, dry_run: bool) -> dict:
         result["prompts"] = {p["item_key"]: p["messages"][-1]["content"] for p in outcome.prompts}
         if outcome.prompts:
             result["system_prompt"] = outcome.prompts[0]["messages"][0]["content"]
-    result["tags"] = {keys[i]: SEPARATOR.join(names) for i, names in outcome.answers.items()}
+    result["tags"] = {keys[i]: SEPARATOR.join(path) for i, path in outcome.answers.items()}
     result["failures"] = {keys[i]: error for i, error in outcome.failures.items()}
+    if result["items"] == 0:
+        result["note"] = "every item has a tag at every level from its metadata: there is nothing to ask"
     return result

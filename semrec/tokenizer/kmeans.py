@@ -90,14 +90,22 @@ def balanced_assign(distances: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(
-    x: torch.Tensor, k: int, *, iters: int = 50, seed: int = 0, balanced: bool = False, tol: float = 1e-6
+    x: torch.Tensor,
+    k: int,
+    *,
+    iters: int = 50,
+    seed: int = 0,
+    balanced: bool = False,
+    tol: float = 1e-6,
+    init: torch.Tensor | None = None,
 ) -> KMeansResult:
     """Lloyd's k-means with at most `iters` iterations; stops early once the inertia no longer falls by `tol`.
 
     An empty cluster is re-seeded with the point farthest from its centroid (the farthest points
     go to the empty clusters, one each), so no centroid ever becomes NaN. `balanced=True` makes the
-    clusters equal-sized (sizes differ by at most one slot of ceil(N/K)), which spreads items over
-    the codes and so reduces collisions of the full code tuples.
+    clusters equal-sized (no cluster holds more than ceil(N/K) points), which spreads items over
+    the codes and so reduces collisions of the full code tuples. `init` (K, d) replaces the
+    k-means++ seeding (a warm start).
     """
     if x.dim() != 2:
         raise ValueError(f"kmeans expects a (N, d) matrix, got shape {tuple(x.shape)}")
@@ -107,8 +115,10 @@ def kmeans(
     if iters < 1:
         raise ValueError(f"iters must be at least 1, got {iters}")
     x = x.detach().float()
+    if init is not None and tuple(init.shape) != (k, x.shape[1]):
+        raise ValueError(f"init must have shape {(k, x.shape[1])}, got {tuple(init.shape)}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    centroids = _kmeans_plus_plus(x, k, generator)
+    centroids = init.detach().float().clone() if init is not None else _kmeans_plus_plus(x, k, generator)
     previous = float("inf")
     for iteration in range(1, iters + 1):
         distances = squared_distances(x, centroids)  # (N, K)

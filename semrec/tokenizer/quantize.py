@@ -151,11 +151,13 @@ class Quantizer(nn.Module):
                 soft = F.softmax((-distances - torch.empty_like(distances).exponential_().log()) / self.temperature(), -1)
                 codes = soft.argmax(1)
                 one_hot = F.one_hot(codes, self.codebook_size).to(soft.dtype)
-                chosen = self.codebook[codes]
                 quantized = (one_hot - soft.detach() + soft) @ self.codebook  # value: the codeword
             else:
                 codes = distances.argmin(1)
-                chosen = self.codebook[codes]
+                one_hot = F.one_hot(codes, self.codebook_size).to(flat.dtype)
+            # a one-hot product, not codebook[codes]: the backward of indexing adds rows in a
+            # thread-dependent order on the CPU, which would make training irreproducible
+            chosen = one_hot @ self.codebook  # (N, d)
             codebook_loss = (chosen - flat.detach()).pow(2).sum(-1).mean()
             commitment_loss = (flat - chosen.detach()).pow(2).sum(-1).mean()
             if self.grad_mode == "rotation":

@@ -1,0 +1,168 @@
+"""Ranking metrics, the popularity baseline, fitting the retriever on a small demo, and `semrec eval`.
+
+The tokenizer stages are replaced here by a synthetic one (IDs from each demo item's category path
+and a hash of its key), so these tests exercise the retriever alone; the real pipeline is tested
+end to end elsewhere.
+"""
+
+import dataclasses
+import json
+import math
+import zlib
+
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from semrec.cli import app
+from semrec.evaluate import hit_ranks, ndcg_at_k, popularity_ranking, recall_at_k, run_eval
+from semrec.pipeline import STAGES
+from semrec.project import render_toml
+from semrec.retriever.fit import run_fit_retriever
+from semrec.workspace import ITEMS, SEMANTIC_IDS, TAGS, TOKENIZER, StageRun, atomic_write_json, write_parquet
+
+CODEBOOK = 16
+TINY = {
+    "data.demo_items": 300, "data.demo_users": 400, "data.max_seq_len": 8,
+    "retriever.d_model": 32, "retriever.heads": 2, "retriever.head_dim": 16, "retriever.ff_dim": 64,
+    "retriever.encoder_layers": 1, "retriever.decoder_layers": 1, "retriever.dropout": 0.0,
+    "retriever.steps": 120, "retriever.eval_every": 40, "retriever.warmup_steps": 10, "retriever.batch_size": 64,
+    "retriever.lr": 0.005, "retriever.valid_users": 0, "retriever.checkpoint_every": 40, "retriever.device": "cpu",
+}
+
+
+# -- synthetic tokenizer stages ------------------------------------------------------------------
+def write_synthetic_ids(ws) -> None:
+    """code_1: the item's aisle, code_2: its shelf, code_3: a hash of its key; dedup makes IDs unique."""
+    frame = pl.read_parquet(ws.path(ITEMS), columns=["item", "item_key", "category_path"]).sort("item")
+    paths = frame["category_path"].to_list()
+    aisles = {a: i for i, a in enumerate(sorted({tuple(p[:2]) for p in paths}))}
+    shelves = {s: i for i, s in enumerate(sorted({tuple(p) for p in paths}))}
+    rows, seen = [], {}
+    for item, key, path in zip(frame["item"], frame["item_key"], paths):
+        codes = (aisles[tuple(path[:2])] % CODEBOOK, shelves[tuple(path)] % CODEBOOK, zlib.crc32(key.encode()) % CODEBOOK)
+        rows.append((item, *codes, seen.get(codes, 0)))
+        seen[codes] = seen.get(codes, 0) + 1
+    columns = ["item", "code_1", "code_2", "code_3", "dedup"]
+    write_parquet(pl.DataFrame(rows, schema={c: pl.Int64 for c in columns}, orient="row"), ws.path(SEMANTIC_IDS))
+
+
+def write_synthetic_tags(ws) -> None:
+    frame = pl.read_parquet(ws.path(ITEMS), columns=["item", "category_path"])
+    tags = {f"tag_{i}": [" > ".join(p[:i]) for p in frame["category_path"]] for i in (1, 2, 3)}
+    sources = {f"source_{i}": ["metadata"] * frame.height for i in (1, 2, 3)}
+    write_parquet(pl.DataFrame({"item": frame["item"], **tags, **sources}), ws.path(TAGS))
+
+
+def fake_fit_tokenizer(ws, run) -> dict:
+    atomic_write_json(ws.path(TOKENIZER) / "config.json", {"kind": "synthetic", "levels": 3, "codebook_size": CODEBOOK})
+    return {}
+
+
+def fake_tokenize(ws, run) -> dict:
+    write_synthetic_ids(ws)
+    write_synthetic_tags(ws)
+    return {}
+
+
+def use_synthetic_tokenizer(monkeypatch) -> None:
+    """Let the stage runner run the synthetic tokenizer stages instead of the real ones."""
+    monkeypatch.setitem(STAGES, "fit-tokenizer", dataclasses.replace(
+        STAGES["fit-tokenizer"], run=f"{__name__}:fake_fit_tokenizer", upstream=lambda settings: ("download",)))
+    monkeypatch.setitem(STAGES, "tokenize", dataclasses.replace(STAGES["tokenize"], run=f"{__name__}:fake_tokenize"))
+
+
+def prepared_workspace(make_workspace, **overrides):
+    """A small demo workspace with its data and synthetic semantic IDs and tags, its project file on disk."""
+    ws = make_workspace("demo", **{**TINY, **overrides})
+    ws.project.path.write_text(render_toml(ws.settings))
+    ws.ensure("download")
+    fake_fit_tokenizer(ws, None)
+    fake_tokenize(ws, None)
+    return ws
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def test_recall_and_ndcg_by_hand():
+    ranked = torch.tensor([[5, 3, 9], [1, 2, 3], [7, 8, 9]])
+    targets = torch.tensor([3, 4, 7])
+    assert hit_ranks(ranked, targets).tolist() == [1, 3, 0]
+    assert recall_at_k(ranked, targets, 1) == pytest.approx(1 / 3)
+    assert recall_at_k(ranked, targets, 3) == pytest.approx(2 / 3)
+    assert ndcg_at_k(ranked, targets, 1) == pytest.approx(1 / 3)
+    assert ndcg_at_k(ranked, targets, 3) == pytest.approx((1 / math.log2(3) + 1) / 3)
+
+
+def test_popularity_ranks_the_most_frequent_training_items_first():
+    train = torch.tensor([4, 2, 4, 1, 2, 4, 0])
+    assert popularity_ranking(train, n_items=6, k=4).tolist() == [4, 2, 0, 1]
+
+
+# -- fitting -------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["encoder-decoder", "decoder-only"])
+def test_fitting_a_tiny_model_lowers_the_validation_loss_and_beats_popularity(make_workspace, arch):
+    ws = prepared_workspace(make_workspace, **{"retriever.arch": arch})
+    figures = run_fit_retriever(ws, StageRun("fit-retriever", "fp"))
+    metrics = json.loads(ws.path("retriever/metrics.json").read_text())
+    losses = [entry["valid_loss"] for entry in metrics["history"] if "valid_loss" in entry]
+    collisions = int(pl.read_parquet(ws.path(SEMANTIC_IDS))["dedup"].max()) + 1
+    uniform = (3 * math.log(CODEBOOK) + math.log(collisions)) / 4  # the loss of a model that learned nothing
+    assert len(losses) == 3 and losses[-1] < losses[0] < uniform
+    assert figures["steps"] == 120 and figures["tokens_per_s"] > 0
+    result = run_eval(ws, StageRun("eval", "fp"))
+    assert result["users"] == 400 and result["split"] == "test"
+    assert result["metrics"]["recall@10"] > 1.5 * result["baselines"]["popularity"]["recall@10"]
+
+
+@pytest.mark.slow
+def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch):
+    from safetensors.torch import load_file
+
+    from semrec.retriever.data import Batches
+
+    settings = {"retriever.steps": 30, "retriever.eval_every": 10, "retriever.checkpoint_every": 10}
+    straight = prepared_workspace(make_workspace, **settings)
+    run_fit_retriever(straight, StageRun("fit-retriever", "fp"))
+
+    resumed = prepared_workspace(make_workspace, **settings)
+    training = Batches.training
+
+    def interrupted(self, index, step):
+        if step == 15:
+            raise KeyboardInterrupt
+        return training(self, index, step)
+
+    monkeypatch.setattr(Batches, "training", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit_retriever(resumed, StageRun("fit-retriever", "fp"))
+    monkeypatch.setattr(Batches, "training", training)
+    run_fit_retriever(resumed, StageRun("fit-retriever", "fp", options={"resume": True}))
+    assert any("resuming" in m and "step 10" in m for m in resumed.reporter.text().splitlines())
+
+    a = load_file(str(straight.path("retriever/model.safetensors")))
+    b = load_file(str(resumed.path("retriever/model.safetensors")))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    curve = lambda ws: json.loads(ws.path("retriever/metrics.json").read_text())["history"]  # noqa: E731
+    assert curve(straight) == curve(resumed)
+
+
+# -- the command ---------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["test", "valid"])
+def test_eval_json_has_the_documented_shape(make_workspace, monkeypatch, split):
+    use_synthetic_tokenizer(monkeypatch)
+    ws = make_workspace("demo", **{**TINY, "retriever.steps": 40})
+    ws.project.path.write_text(render_toml(ws.settings))
+    result = CliRunner().invoke(app, ["--project", str(ws.root), "eval", "--split", split, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    keys = {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    assert set(report["metrics"]) == keys and set(report["baselines"]["popularity"]) == keys
+    assert report["split"] == split and report["users"] == 400
+    assert {"name", "arch", "params", "tokenizer", "steps"} <= set(report["model"])
+    assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
+    assert json.loads(ws.path("eval/metrics.json").read_text()) == report
