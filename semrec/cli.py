@@ -195,10 +195,18 @@ def tokenize(
 
 
 @command("fit-retriever")
-def fit_retriever(force: ForceOption = False, resume: ResumeOption = True, as_json: JsonOption = False):
+def fit_retriever(
+    force: ForceOption = False,
+    resume: ResumeOption = True,
+    max_minutes: Annotated[
+        float, typer.Option("--max-minutes", help="Stop training after this many minutes, keeping the best checkpoint (0 = no limit).")
+    ] = 0.0,
+    as_json: JsonOption = False,
+):
     """Train the generative retriever on the users' semantic-ID sequences."""
     ws = _workspace()
-    _emit(ws.ensure("fit-retriever", force=force, options={"resume": resume}), as_json)
+    options = {"resume": resume, "max_seconds": max_minutes * 60}
+    _emit(ws.ensure("fit-retriever", force=force, options=options), as_json)
 
 
 @command("eval")
