@@ -8,7 +8,7 @@ Recommend: one user's answer from a loaded `Recommender` (median of `--repeats` 
 process), and the whole `semrec recommend --json` command in a fresh process (median of `--cold`).
 
     python bench/retriever.py                         # a demo project in a temporary folder, CPU
-    python bench/retriever.py --project PATH          # an existing project (its trained retriever if any)
+    python bench/retriever.py --project PATH          # an existing project (recommend: if its retriever is up to date)
     python bench/retriever.py --device cuda --json
 """
 
@@ -152,7 +152,7 @@ def main() -> None:
     from semrec.project import load_project
     from semrec.report import Reporter
     from semrec.train import resolve_device
-    from semrec.workspace import RETRIEVER, Workspace
+    from semrec.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as scratch:
         ws = Workspace(load_project(explicit=args.project), Reporter()) if args.project else demo_workspace(Path(scratch), args)
@@ -164,8 +164,11 @@ def main() -> None:
         rows = [training, bench_evaluation(ws, device, training.pop("task"), args.users)]
         if args.project is None:
             ws.ensure("fit-retriever")
-        if (ws.path(RETRIEVER) / "model.safetensors").exists():
+        if ws.state("fit-retriever").state == "done":
             rows += bench_recommend(ws, args.repeats, args.cold)
+        else:
+            print(f"recommend latency skipped: the retriever of {ws.root} is not up to date (`semrec fit-retriever`)",
+                  file=sys.stderr)
         machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         for row in rows:
             row["machine"] = machine

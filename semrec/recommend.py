@@ -85,7 +85,7 @@ class Recommender:
     def _recommend(self, items: list[int], user: int, k: int, exclude_seen: bool, user_key: str | None) -> dict:
         import torch
 
-        from semrec.retriever.beam import beam_search, check_request
+        from semrec.retriever.beam import beam_search
         from semrec.retriever.data import history_codes
 
         trained = self.trained
@@ -97,10 +97,12 @@ class Recommender:
             exclude = torch.zeros(1, trained.n_items, dtype=torch.bool, device=device)
             exclude[0, seen] = True
             available -= int((exclude[0] & trained.decodable).sum())
-        if exclude_seen and k > available:
-            raise SemrecError(f"K = {k}, but only {available} items can be recommended that are not in the history",
-                              f"ask for at most {available}, or pass --include-seen")
-        check_request(k, max(k, 1), available)
+        if k < 1:
+            raise SemrecError(f"--k {k}: ask for at least one item")
+        if k > available:
+            unseen = " that are not in the history" if exclude_seen else ""
+            raise SemrecError(f"K = {k}, but only {available} items can be recommended{unseen}",
+                              f"ask for at most {available}" + (", or pass --include-seen" if exclude_seen else ""))
         # a wider beam where seen items are dropped, so that k items remain after dropping them
         beam = min(max(self.ws.settings.retriever.beam_size, k + (len(seen) if exclude_seen else 0)), trained.trie.size)
         window = torch.tensor(items[-trained.model.cfg.max_seq_len:], device=device)[None]  # (1, n)

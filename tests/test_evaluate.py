@@ -151,7 +151,6 @@ def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch):
 
 
 # -- the command ---------------------------------------------------------------------------------
-@pytest.mark.slow
 @pytest.mark.parametrize("split", ["test", "valid"])
 def test_eval_json_has_the_documented_shape(make_workspace, monkeypatch, split):
     use_synthetic_tokenizer(monkeypatch)

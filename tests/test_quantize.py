@@ -69,13 +69,21 @@ def test_residual_decode_codes_matches_forward(grad_mode):
 
 def test_rotation_trick_returns_the_codeword_and_rotates_the_gradient():
     g = torch.Generator().manual_seed(0)
-    e, q = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    e, q = 3 * torch.randn(6, generator=g), torch.randn(6, generator=g)  # |q| < |e|: no cap
     assert torch.allclose(rotate_onto(e, q), q, atol=1e-6)
     jacobian = torch.autograd.functional.jacobian(lambda v: rotate_onto(v, q), e)  # (6, 6)
     scale = q.norm() / e.norm()
-    # a scaled rotation: J Jᵀ = s² I, and it maps e's direction onto q's
+    # a scaled rotation: J Jᵀ = s² I, and it maps e onto q
     assert torch.allclose(jacobian @ jacobian.T, scale**2 * torch.eye(6), atol=1e-5)
     assert torch.allclose(jacobian @ e, q, atol=1e-5)
+
+
+def test_rotation_trick_caps_the_rescaling_of_a_tiny_residual():
+    g = torch.Generator().manual_seed(1)
+    e, q = 1e-4 * torch.randn(6, generator=g), torch.randn(6, generator=g)  # |q| / |e| ~ 10⁴
+    assert torch.allclose(rotate_onto(e, q), q)
+    jacobian = torch.autograd.functional.jacobian(lambda v: rotate_onto(v, q), e)
+    assert torch.allclose(jacobian @ jacobian.T, torch.eye(6), atol=1e-5)  # a pure rotation
 
 
 def test_gumbel_temperature_anneals_with_training_steps():

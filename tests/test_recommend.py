@@ -1,6 +1,8 @@
 """`semrec recommend`: answers for known users and given histories, clear errors, cold-start items."""
 
 import json
+import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -8,7 +10,7 @@ from typer.testing import CliRunner
 
 from semrec.cli import app
 from semrec.errors import SemrecError
-from semrec.project import Project
+from semrec.project import Project, load_project, preset_settings
 from semrec.recommend import Recommender
 from semrec.report import RecordingReporter
 from semrec.retriever.fit import run_fit_retriever
@@ -18,16 +20,34 @@ from test_evaluate import TINY, prepared_workspace
 FAST = {**TINY, "retriever.steps": 40, "retriever.user_bins": 50}
 
 
-@pytest.fixture
-def trained(make_workspace):
-    ws = prepared_workspace(make_workspace, **FAST)
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
+    """One small demo workspace with a trained retriever, built once for this module."""
+    root = tmp_path_factory.mktemp("trained")
+
+    def make(preset, **overrides):
+        settings = preset_settings(preset)
+        for key, value in overrides.items():
+            section, name = key.split(".")
+            setattr(getattr(settings, section), name, value)
+        return Workspace(Project(path=root / "semrec.toml", settings=settings), RecordingReporter())
+
+    ws = prepared_workspace(make, **FAST)
     run_fit_retriever(ws, StageRun("fit-retriever", "fp"))
-    return ws
+    return root
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path) -> Workspace:
+    """A copy of the trained workspace that a test may change."""
+    root = tmp_path / "copy"
+    shutil.copytree(trained_once, root)
+    return Workspace(load_project(explicit=root), RecordingReporter())
 
 
 def reopened(ws) -> Workspace:
     """The workspace as a new command sees it: a fresh load, messages recorded."""
-    return Workspace(Project(path=ws.project.path, settings=ws.settings), RecordingReporter())
+    return Workspace(load_project(explicit=ws.root), RecordingReporter())
 
 
 def user_history(ws, user_key: str) -> list[int]:
@@ -35,7 +55,6 @@ def user_history(ws, user_key: str) -> list[int]:
     return frame["item"].to_list()
 
 
-@pytest.mark.slow
 def test_recommend_json_has_the_documented_shape(trained):
     result = CliRunner().invoke(app, ["--project", str(trained.root), "recommend", "--user", "U00007", "--k", "5", "--json"])
     assert result.exit_code == 0, result.output
@@ -53,7 +72,6 @@ def test_recommend_json_has_the_documented_shape(trained):
     assert scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.slow
 def test_seen_items_are_excluded_unless_asked_for(trained):
     recommender = Recommender.load(reopened(trained))
     seen = set(user_history(trained, "U00003"))
@@ -67,7 +85,6 @@ def test_seen_items_are_excluded_unless_asked_for(trained):
     assert recommender.for_user("U00003", k=10) == answer
 
 
-@pytest.mark.slow
 def test_history_of_item_keys_for_an_unseen_user(trained):
     recommender = Recommender.load(reopened(trained))
     keys = pl.read_parquet(trained.path(ITEMS)).sort("item")["item_key"].to_list()
@@ -76,7 +93,6 @@ def test_history_of_item_keys_for_an_unseen_user(trained):
     assert not {row["item_key"] for row in answer["items"]} & set(keys[:3])
 
 
-@pytest.mark.slow
 def test_unknown_user_message_suggests_near_matches_and_history(trained):
     result = CliRunner().invoke(app, ["--project", str(trained.root), "recommend", "--user", "U0007"])
     assert result.exit_code == 2
@@ -84,21 +100,18 @@ def test_unknown_user_message_suggests_near_matches_and_history(trained):
     assert "--history" in result.output
 
 
-@pytest.mark.slow
 def test_unknown_item_in_history_is_a_clear_error(trained):
     recommender = Recommender.load(reopened(trained))
     with pytest.raises(SemrecError, match="unknown item 'DEMO0001'.*did you mean"):
         recommender.for_history(["DEMO0001"], k=3)
 
 
-@pytest.mark.slow
 def test_k_beyond_what_can_be_recommended_is_a_clear_error(trained):
     recommender = Recommender.load(reopened(trained))
     with pytest.raises(SemrecError, match="only .* items can be recommended"):
         recommender.for_user("U00003", k=299)
 
 
-@pytest.mark.slow
 def test_refitted_semantic_ids_are_refused(trained):
     ids = pl.read_parquet(trained.path(SEMANTIC_IDS))
     swapped = ids.with_columns(pl.when(pl.col("item") < 2).then(1 - pl.col("item")).otherwise(pl.col("item")).alias("item"))
@@ -108,7 +121,6 @@ def test_refitted_semantic_ids_are_refused(trained):
     assert "semrec fit-retriever" in str(info.value)
 
 
-@pytest.mark.slow
 def test_cold_start_items_are_recommendable_without_retraining(trained):
     ids = pl.read_parquet(trained.path(SEMANTIC_IDS)).sort("item")
     items = pl.read_parquet(trained.path(ITEMS)).sort("item")

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 import torch
-from test_tokenizer_fit import small_workspace  # noqa: F401  (fixture)
+from test_tokenizer_fit import fake_model, small_workspace  # noqa: F401  (fixtures)
 
 from semrec.errors import SemrecError
 from semrec.tokenizer.fit import load_tokenizer
@@ -97,7 +97,7 @@ def test_cold_start_items_keep_existing_ids_unchanged(small_workspace, tmp_path)
     from semrec.embed import load_embeddings
 
     codes = load_tokenizer(ws).assign(load_embeddings(ws)[0])[0]
-    assert codes[:300].tolist() == before.select("code_1", "code_2", "code_3").rows()
+    assert codes[:300].tolist() == [list(row) for row in before.select("code_1", "code_2", "code_3").rows()]
 
 
 def test_cold_start_rejects_existing_keys(small_workspace, tmp_path):

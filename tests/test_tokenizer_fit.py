@@ -67,26 +67,29 @@ def fitted(ws) -> dict:
 
 @pytest.mark.parametrize("kind", ["rqvae", "hidvae", "rqkmeans"])
 def test_fit_writes_model_config_and_metrics_without_collapse(small_workspace, kind):
-    ws = small_workspace(kind)
+    ws = small_workspace(kind, **{"tokenizer.steps": 200 if kind == "hidvae" else 60})
     figures = fitted(ws)
     folder = ws.path(TOKENIZER)
     config = json.loads((folder / "config.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     assert config["kind"] == kind and config["levels"] == 3 and config["codebook_size"] == 16
     assert config["embedding_dim"] == DIM and config["embedding_model"] == ws.settings.embed.model
-    assert config["settings"]["steps"] == 60
     assert (folder / "model.safetensors").exists()
     for key in ("reconstruction_error", "usage", "perplexity", "collision_rate", "fit_seconds"):
         assert key in metrics, key
-    # no collapse: most codes of every level are in use on 300 items and 16 codes
+    # no collapse: most codes of every level are in use on 300 items and 16 codes, none dominates
     assert min(metrics["usage"]) >= 0.75, metrics["usage"]
-    assert metrics["collision_rate"] < 0.5
+    assert min(metrics["perplexity"]) >= 4, metrics["perplexity"]
     assert figures["collision_rate"] == pytest.approx(metrics["collision_rate"], abs=1e-4)
     if kind == "hidvae":
+        import polars as pl
+
+        tags = pl.read_parquet(ws.path(TAGS))
+        majority = tags["tag_1"].value_counts()["count"].max() / tags.height
         assert len(metrics["tag_accuracy"]) == 3
-        assert metrics["tag_accuracy"][0] > 0.5
+        assert metrics["tag_accuracy"][0] > max(0.6, majority)  # the level-1 head learned the top tags
     if kind != "rqkmeans":
-        assert metrics["steps"] == 60
+        assert metrics["steps"] == config["settings"]["steps"]
 
 
 @pytest.mark.parametrize("kind", ["rqvae", "rqkmeans"])

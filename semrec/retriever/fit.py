@@ -185,8 +185,9 @@ def load_trained(ws, device: torch.device) -> Trained:
 
     Items appended by cold-start tokenization after training use existing code tokens, so they can
     be recommended without retraining. One whose collision token is beyond what the model learned
-    cannot be generated: it is left out of the decodable items (and counted in `undecodable`)
-    rather than clamped, since clamping would give it another item's whole ID.
+    cannot be generated: it is left out of the trie (False in `decodable`) rather than clamped,
+    since clamping would give it another item's whole ID. As history input its collision token is
+    clamped, which only blurs which of the colliding items it was.
     """
     folder = ws.path(RETRIEVER)
     config_path = folder / "config.json"

@@ -229,7 +229,8 @@ def fit_tokenizer(
     task = TokenizerTask(model, x, tag_ids, tok.batch_size, seed)
     train_config = TrainConfig(
         steps=tok.steps, lr=tok.lr, weight_decay=tok.weight_decay, warmup_steps=tok.warmup_steps,
-        schedule=tok.schedule, checkpoint_every=tok.checkpoint_every, seed=seed, device=str(device),
+        schedule=tok.schedule, grad_clip=tok.grad_clip, checkpoint_every=tok.checkpoint_every, seed=seed,
+        device=str(device),
         description=f"fitting the {tok.kind} tokenizer",
     )
     result = train(task, train_config, checkpoint_dir, fingerprint, reporter, resume=resume)

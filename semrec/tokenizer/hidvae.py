@@ -99,7 +99,11 @@ class HiDVAE(RQVAE):
         super().__init__(config)
         if config.levels < len(config.tag_classes) or not config.tag_classes:
             raise ValueError(f"tag_classes must give 1..{config.levels} levels, got {config.tag_classes}")
-        self.heads = nn.ModuleList(nn.Linear(config.latent_dim, n) for n in config.tag_classes)
+        # LayerNorm first: the latent's scale is free (tiny at the start), and a plain linear head
+        # on it learns only as fast as the latent grows, which the tag loss then inflates
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(config.latent_dim), nn.Linear(config.latent_dim, n)) for n in config.tag_classes
+        )
         self.tag_projections = nn.ModuleList(nn.Linear(config.text_dim, config.latent_dim) for _ in config.tag_classes)
         for level, n in enumerate(config.tag_classes):
             self.register_buffer(f"tag_text_{level}", torch.zeros(n, config.text_dim))
