@@ -1,9 +1,11 @@
 """Shared fixtures: every test runs with its own cache folder and workspace under tmp_path."""
 
-import os
+import re
+import zlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from semrec.project import Project, preset_settings
 from semrec.report import RecordingReporter
@@ -46,3 +48,23 @@ def make_workspace(tmp_path):
         return Workspace(Project(path=root / "semrec.toml", settings=settings), RecordingReporter())
 
     return make
+
+
+def fake_encode(settings, texts, reporter=None, *, normalize=None):
+    """A deterministic stand-in for the sentence model: a hashed bag of words in 64 dimensions."""
+    x = torch.full((len(texts), 64), 0.01)
+    for row, text in enumerate(texts):
+        for word in re.split(r"[\s>]+", text.lower()):
+            if word:
+                x[row, zlib.crc32(word.encode()) % 64] += 1.0
+    normalize = settings.normalize if normalize is None else normalize
+    return torch.nn.functional.normalize(x, dim=1) if normalize else x
+
+
+@pytest.fixture
+def no_sentence_model(monkeypatch):
+    """Tags and tokenizer tests embed tag texts with `fake_encode` instead of loading the real model."""
+    from semrec import embed
+
+    monkeypatch.setattr(embed, "encode_texts", fake_encode)
+    monkeypatch.setattr(embed, "load_model", lambda settings: None)

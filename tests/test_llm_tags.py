@@ -3,14 +3,13 @@
 import json
 import socket
 import time
-import zlib
 from contextlib import contextmanager
 
 import polars as pl
 import pytest
-import torch
 from werkzeug import Response
 
+from conftest import fake_encode
 from semrec import embed
 from semrec.errors import SemrecError, StageFailed
 from semrec.report import ProgressBar, Reporter
@@ -25,20 +24,7 @@ from semrec.workspace import ITEMS, TAGS, StageRun, write_parquet
 PATH = "/v1/chat/completions"
 
 
-def fake_encode(settings, texts, reporter=None, *, normalize=None):
-    """A deterministic stand-in for the sentence model: a hashed bag of words in 64 dimensions."""
-    x = torch.full((len(texts), 64), 0.01)
-    for row, text in enumerate(texts):
-        for word in text.lower().replace(">", " ").split():
-            x[row, zlib.crc32(word.encode()) % 64] += 1.0
-    normalize = settings.normalize if normalize is None else normalize
-    return torch.nn.functional.normalize(x, dim=1) if normalize else x
-
-
-@pytest.fixture(autouse=True)
-def no_model(monkeypatch):
-    monkeypatch.setattr(embed, "encode_texts", fake_encode)
-    monkeypatch.setattr(embed, "load_model", lambda settings: None)
+pytestmark = pytest.mark.usefixtures("no_sentence_model")
 
 
 def chat(content: str) -> dict:

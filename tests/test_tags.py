@@ -1,7 +1,6 @@
 """`semrec tag` from metadata and the clustering fallback: valid trees, fillers, rare tags, --show."""
 
 import json
-import zlib
 
 import polars as pl
 import pytest
@@ -17,20 +16,7 @@ from semrec.tags.stage import run_tag
 from semrec.workspace import ITEMS, TAGS, StageRun, write_parquet
 
 
-def fake_encode(settings, texts, reporter=None, *, normalize=None):
-    """A deterministic stand-in for the sentence model: a hashed bag of words in 64 dimensions."""
-    x = torch.full((len(texts), 64), 0.01)
-    for row, text in enumerate(texts):
-        for word in text.lower().replace(",", " ").split():
-            x[row, zlib.crc32(word.encode()) % 64] += 1.0
-    normalize = settings.normalize if normalize is None else normalize
-    return torch.nn.functional.normalize(x, dim=1) if normalize else x
-
-
-@pytest.fixture(autouse=True)
-def no_model(monkeypatch):
-    monkeypatch.setattr(embed, "encode_texts", fake_encode)
-    monkeypatch.setattr(embed, "load_model", lambda settings: None)
+pytestmark = pytest.mark.usefixtures("no_sentence_model")
 
 
 def write_items(ws, rows: list[tuple[str, list[str]]]) -> None:
