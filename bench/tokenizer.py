@@ -62,14 +62,13 @@ def workspace_inputs(root: Path):
 
 def dump_inputs(folder: Path, embeddings, tags, encode_tag_texts) -> None:
     """Write what the benchmark reads, so that it runs where neither the data nor the model is."""
-    import polars as pl
     from safetensors.torch import save_file
 
     from semrec.tokenizer.hidvae import tag_text, tag_vocabulary
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"embeddings": embeddings.contiguous()}, str(folder / "embeddings.safetensors"))
-    pl.DataFrame({f"tag_{i + 1}": level for i, level in enumerate(tags)}).write_parquet(folder / "tags.parquet")
+    (folder / "tags.json").write_text(json.dumps(tags))  # JSON, so that reading needs no polars
     min_count = beauty_settings().tokenizer.tag_min_count
     _, names = tag_vocabulary(tags, min_count)
     texts = sorted({tag_text(n) for level in names for n in level})
@@ -79,13 +78,11 @@ def dump_inputs(folder: Path, embeddings, tags, encode_tag_texts) -> None:
 
 
 def dumped_inputs(folder: Path):
-    import polars as pl
     import torch
     from safetensors.torch import load_file
 
     embeddings = load_file(str(folder / "embeddings.safetensors"))["embeddings"]
-    frame = pl.read_parquet(folder / "tags.parquet")
-    tags = [frame[c].to_list() for c in frame.columns]
+    tags = json.loads((folder / "tags.json").read_text())
     known = json.loads((folder / "tag_texts.json").read_text())
     vectors = load_file(str(folder / "tag_texts.safetensors"))["vectors"]
     index = {text: i for i, text in enumerate(known)}

@@ -11,7 +11,6 @@ import json
 import time
 from dataclasses import dataclass, field
 
-import polars as pl
 import torch
 
 from semrec.errors import SemrecError
@@ -117,6 +116,8 @@ def build_model(config: dict) -> RQVAE:
 # -- inputs -------------------------------------------------------------------------------------
 def load_tags(ws, n_items: int) -> list[list[str]] | None:
     """tags.parquet as one list of N tag strings per level (row i = item i), or None if absent."""
+    import polars as pl
+
     path = ws.path(TAGS)
     if not path.exists():
         return None
@@ -327,6 +328,8 @@ def _rounded(value):
         return round(value, 4)
     if isinstance(value, list):
         return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
     return value
 
 
