@@ -67,7 +67,7 @@ def meta_gz(records=META, extra_lines=()) -> bytes:
 def test_amazon_raw_files_are_5core_filtered_time_ordered_and_numbered_by_first_appearance(make_workspace, mirror):
     mirror("reviews_Beauty_5.json.gz", reviews_gz())
     mirror("meta_Beauty.json.gz", meta_gz())
-    ws = make_workspace("beauty", **{"data.min_interactions": 3})
+    ws = make_workspace("beauty", **{"data.source_format": "raw", "data.min_interactions": 3})
     figures = ws.ensure("download")
     items, interactions, splits = tables(ws)
     # U5 and items D, E go in the first round; U4 (left with 2) in the second
@@ -90,7 +90,7 @@ def test_amazon_raw_files_are_5core_filtered_time_ordered_and_numbered_by_first_
 def test_a_metadata_line_that_is_not_a_literal_names_the_file_and_line(make_workspace, mirror):
     mirror("reviews_Beauty_5.json.gz", reviews_gz())
     mirror("meta_Beauty.json.gz", meta_gz(META[:2], ["{'asin': 'C', 'title': __import__('os').system('echo owned')}"]))
-    ws = make_workspace("beauty", **{"data.min_interactions": 3})
+    ws = make_workspace("beauty", **{"data.source_format": "raw", "data.min_interactions": 3})
     with pytest.raises(SemrecError, match=r"meta_Beauty.json.gz line 3: not a Python literal"):
         ws.ensure("download")
 
@@ -100,7 +100,7 @@ def test_a_review_line_that_is_not_a_record_names_the_file_and_line(make_workspa
     body[4] = '{"reviewerID": "U2", "asin": "B"'
     mirror("reviews_Beauty_5.json.gz", gzip.compress("\n".join(body).encode()))
     mirror("meta_Beauty.json.gz", meta_gz())
-    ws = make_workspace("beauty")
+    ws = make_workspace("beauty", **{"data.source_format": "raw"})
     with pytest.raises(SemrecError, match=r"reviews_Beauty_5.json.gz line 5"):
         ws.ensure("download")
 
