@@ -214,10 +214,10 @@ def fit_tokenizer(
         tag_ids, names = tag_vocabulary(supervised, tok.tag_min_count)
         texts = encode_tag_texts([tag_text(n) for level in names for n in level])
         config["tag_names"] = names
-        model_cfg = hidvae_config(tok, base, [len(level) for level in names], int(texts.shape[1]))
-        model = HiDVAE(model_cfg)
         sizes = [len(level) for level in names]
-        model.set_tag_texts(list(torch.split(texts.float(), sizes)))
+        model_cfg = hidvae_config(tok, base, sizes, int(texts.shape[1]))
+        model = HiDVAE(model_cfg)
+        model.set_tag_texts(list(torch.split(texts.float(), sizes)))  # one (n_l, text_dim) block per level
         tag_ids = tag_ids.to(device)
     else:
         model_cfg = base
@@ -231,8 +231,7 @@ def fit_tokenizer(
     train_config = TrainConfig(
         steps=tok.steps, lr=tok.lr, weight_decay=tok.weight_decay, warmup_steps=tok.warmup_steps,
         schedule=tok.schedule, grad_clip=tok.grad_clip, checkpoint_every=tok.checkpoint_every, seed=seed,
-        device=str(device),
-        description=f"fitting the {tok.kind} tokenizer",
+        device=str(device), description=f"fitting the {tok.kind} tokenizer",
     )
     result = train(task, train_config, checkpoint_dir, fingerprint, reporter, resume=resume)
     model.eval()
