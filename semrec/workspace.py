@@ -243,6 +243,28 @@ class Workspace:
         self._save_manifest(manifest)
         return figures
 
+    def record_append(self, stages: list[str]) -> None:
+        """Record that the outputs of `stages` grew by consistent rows (cold-start items).
+
+        Their new digests replace the old ones in their own records and in the inputs of the stages
+        that read them, so nothing becomes stale merely because items were appended.
+        """
+        manifest = self.manifest()
+        renamed = {}
+        for name in stages:
+            record = manifest.get(name)
+            if record is None:
+                continue
+            outputs = STAGES[name].outputs
+            renamed[name] = (record["output"], digest_files([self.path(a) for a in outputs]))
+            record["output"] = renamed[name][1]
+            record["sizes"] = {a: _size(self.path(a)) for a in outputs}
+        for record in manifest.values():
+            for up, digest in record.get("inputs", {}).items():
+                if up in renamed and digest == renamed[up][0]:
+                    record["inputs"][up] = renamed[up][1]
+        self._save_manifest(manifest)
+
     def status(self) -> list[dict]:
         manifest = self.manifest()
         rows = []

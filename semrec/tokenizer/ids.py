@@ -12,12 +12,9 @@ import polars as pl
 import torch
 
 from semrec.errors import SemrecError
-from semrec.pipeline import STAGES
 from semrec.tokenizer.fit import load_tags, load_tokenizer
 from semrec.tokenizer.health import tokenizer_health
-from semrec.workspace import (
-    EMBEDDINGS, ITEMS, MANIFEST, SEMANTIC_IDS, TAGS, atomic_path, atomic_write_json, digest_files, write_parquet,
-)
+from semrec.workspace import EMBEDDINGS, ITEMS, SEMANTIC_IDS, TAGS, atomic_path, write_parquet
 
 SHOW_NEIGHBOURS = 10
 
@@ -135,30 +132,6 @@ def _align_new_items(new: pl.DataFrame, items: pl.DataFrame, path: Path) -> pl.D
     return pl.DataFrame(columns)
 
 
-def _record_append(ws, stages: list[str]) -> None:
-    """Record in the manifest that the outputs of `stages` grew by consistent rows (cold start).
-
-    Their new digests replace the old ones both in their own records and in the inputs of the
-    stages that had read them, so nothing becomes stale merely because items were added.
-    """
-    manifest = ws.manifest()
-    renamed = {}
-    for name in stages:
-        record = manifest.get(name)
-        if record is None:
-            continue
-        paths = [ws.path(a) for a in STAGES[name].outputs]
-        new = digest_files(paths)
-        renamed[name] = (record["output"], new)
-        record["output"] = new
-        record["sizes"] = {a: ws.path(a).stat().st_size for a in STAGES[name].outputs}  # files, not folders
-    for record in manifest.values():
-        for up, digest in record.get("inputs", {}).items():
-            if up in renamed and digest == renamed[up][0]:
-                record["inputs"][up] = renamed[up][1]
-    atomic_write_json(ws.path(MANIFEST), manifest)
-
-
 def tokenize_new_items(ws, path) -> dict:
     """Give semantic IDs to the new items in `path` with the frozen tokenizer and append them.
 
@@ -200,7 +173,7 @@ def tokenize_new_items(ws, path) -> dict:
         pl.concat([ids, new_ids]).write_parquet(ids_tmp)
         save_file({"embeddings": all_embeddings.contiguous()}, str(embeddings_tmp), metadata=metadata)
         pl.concat([items, new]).write_parquet(items_tmp)
-    _record_append(ws, ["download", "embed", "tokenize"])
+    ws.record_append(["download", "embed", "tokenize"])
     ws.reporter.info(f"added {new.height} items with semantic IDs; existing IDs are unchanged")
     rows = new.select("item", "item_key").join(new_ids, on="item").sort("item")
     return {
