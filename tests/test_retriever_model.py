@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from semrec.errors import SemrecError
-from semrec.retriever.model import Batch, Retriever, RetrieverConfig
+from semrec.retriever.model import Batch, Dropout, Retriever, RetrieverConfig
 
 ARCHS = ["encoder-decoder", "decoder-only"]
 
@@ -109,3 +109,17 @@ def test_loading_a_file_that_is_not_a_retriever_is_a_clear_error(tmp_path):
     (tmp_path / "m.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(SemrecError, match="cannot read the retriever"):
         Retriever.load(tmp_path / "m.safetensors")
+
+
+def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p_and_is_seeded():
+    drop = Dropout(0.1)
+    x = torch.ones(401, 999)  # not a multiple of the four draws per random number
+    torch.manual_seed(3)
+    first = drop(x)
+    kept = (first != 0).float()
+    assert abs(float(kept.mean()) - 0.9) < 0.003
+    assert abs(float(kept.flatten()[:400_000].view(-1, 4).mean(0).std())) < 0.003  # the four 16-bit slices are alike
+    assert torch.allclose(first[first != 0], torch.full_like(first[first != 0], 1 / 0.9))
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), first)
+    assert torch.equal(drop.eval()(x), x)

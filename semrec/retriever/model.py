@@ -116,6 +116,25 @@ class Context(NamedTuple):
     valid: Tensor  # (B, T) bool: which history tokens are real
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose mask on the CPU comes from 16-bit slices of full-range 64-bit random integers.
+
+    On the CPU torch draws one random number per element from a single-threaded generator, which made
+    dropout a fifth of a training step of the published-size model on Beauty. Four 16-bit draws per
+    64-bit number give the same Bernoulli(1 - p) mask (p rounded to 1/65536) about 5x faster. On CUDA
+    torch's fused dropout is used as is.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        draws = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
+        keep = draws >= round(self.p * 65536) - 32768
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 class Attention(nn.Module):
     """Multi-head attention, T5 style: heads * head_dim need not equal d_model; no biases."""
 
@@ -198,9 +217,9 @@ class Block(nn.Module):
         self.cross = Attention(cfg) if cross else None
         self.norm_ff = nn.LayerNorm(cfg.d_model)
         self.ff = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.ff_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ff_dim, cfg.d_model)
+            nn.Linear(cfg.d_model, cfg.ff_dim), nn.GELU(), Dropout(cfg.dropout), nn.Linear(cfg.ff_dim, cfg.d_model)
         )
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
                 memory: tuple[Tensor, Tensor] | None = None, memory_valid: Tensor | None = None,
@@ -223,7 +242,7 @@ class Retriever(nn.Module):
         self.tokens = nn.Embedding(cfg.vocab_size, d)
         self.slot = nn.Embedding(cfg.positions + 1, d)  # 0..L in an item, L+1 for user/EOS
         self.recency = nn.Embedding(cfg.max_seq_len + 2, d)  # 0 target, 1..S history, S+1 user token
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         if cfg.arch == "encoder-decoder":
             self.encoder = nn.ModuleList(Block(cfg, cross=False) for _ in range(cfg.encoder_layers))
             self.encoder_norm = nn.LayerNorm(d)
