@@ -140,15 +140,13 @@ class Recommender:
         """Each item's tag path (tags.parquet, when there is one), each level as its plain last component."""
         import polars as pl
 
+        from semrec.tags import tag_columns_in, tag_label
         from semrec.workspace import TAGS
 
         path = self.ws.path(TAGS)
         if not path.exists():
             return {}
         frame = pl.scan_parquet(path)
-        columns = sorted((c for c in frame.collect_schema().names() if c.startswith("tag_")), key=lambda c: int(c[4:]))
+        columns = tag_columns_in(frame.collect_schema().names())
         rows = frame.filter(pl.col("item").is_in(items)).select("item", *columns).collect()
-        return {
-            row[0]: [tag.split(">")[-1].strip() for tag in row[1:] if tag]
-            for row in rows.iter_rows()
-        }
+        return {row[0]: [tag_label(tag) for tag in row[1:] if tag] for row in rows.iter_rows()}

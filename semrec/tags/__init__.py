@@ -15,6 +15,11 @@ def tag_columns(levels: int) -> list[str]:
     return [f"tag_{level}" for level in range(1, levels + 1)]
 
 
+def tag_columns_in(names: list[str]) -> list[str]:
+    """The tag columns among a table's column `names`, in level order (tag_10 after tag_9)."""
+    return sorted((name for name in names if name.startswith("tag_")), key=lambda name: int(name[4:]))
+
+
 def source_columns(levels: int) -> list[str]:
     return [f"source_{level}" for level in range(1, levels + 1)]
 

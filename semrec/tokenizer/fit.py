@@ -15,6 +15,7 @@ import torch
 
 from semrec.errors import SemrecError
 from semrec.settings import Settings, TokenizerSettings
+from semrec.tags import tag_columns_in
 from semrec.tokenizer.health import tokenizer_health
 from semrec.tokenizer.hidvae import HiDVAE, HiDVAEConfig, tag_text, tag_vocabulary
 from semrec.tokenizer.kmeans import assign_residual, residual_kmeans
@@ -122,7 +123,7 @@ def load_tags(ws, n_items: int) -> list[list[str]] | None:
     if not path.exists():
         return None
     frame = pl.read_parquet(path).sort("item")
-    columns = sorted((c for c in frame.columns if c.startswith("tag_")), key=lambda c: int(c.split("_")[1]))
+    columns = tag_columns_in(frame.columns)
     if not columns or frame.height != n_items or frame["item"].to_list() != list(range(n_items)):
         raise SemrecError(
             f"{path} does not give tags for items 0..{n_items - 1} (it has {frame.height} rows, columns {frame.columns})",

@@ -12,6 +12,7 @@ import polars as pl
 import torch
 
 from semrec.errors import SemrecError
+from semrec.tags import tag_columns_in
 from semrec.tokenizer.fit import load_tags, load_tokenizer
 from semrec.tokenizer.health import tokenizer_health
 from semrec.workspace import EMBEDDINGS, ITEMS, SEMANTIC_IDS, TAGS, atomic_path, write_parquet
@@ -210,7 +211,7 @@ def show_item(ws, item_key: str) -> dict:
         tags = pl.read_parquet(ws.path(TAGS)).filter(pl.col("item") == item)
         if tags.height:
             row = tags.row(0, named=True)
-            result["tags"] = [row[c] for c in sorted((c for c in tags.columns if c.startswith("tag_")), key=lambda c: int(c[4:]))]
+            result["tags"] = [row[c] for c in tag_columns_in(tags.columns)]
     for depth in (1, 2):
         prefix = pl.all_horizontal([pl.col(c) == own[c] for c in code_columns[:depth]])
         others = ids.filter(prefix & (pl.col("item") != item)).sort("item")
