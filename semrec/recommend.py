@@ -112,7 +112,9 @@ class Recommender:
                                  beam_size=beam, exclude=exclude)
         chosen = [int(i) for i in ranked.items[0].tolist()]
         tags = self._tags(chosen)
-        codes = self._semantic_ids(chosen)
+        # only decodable items come out of the trie, and their collision tokens were never clamped:
+        # these rows are the IDs as tokenized
+        codes = dict(zip(chosen, trained.ids.codes[chosen].tolist()))
         return {
             "user": user_key,
             "k": k,
@@ -125,16 +127,6 @@ class Recommender:
                 for rank, (item, score) in enumerate(zip(chosen, ranked.scores[0].tolist()))
             ],
         }
-
-    def _semantic_ids(self, items: list[int]) -> dict[int, list[int]]:
-        """The IDs as tokenized (the collision token unclamped), read from semantic_ids.parquet."""
-        import polars as pl
-
-        from semrec.workspace import SEMANTIC_IDS
-
-        frame = pl.scan_parquet(self.ws.path(SEMANTIC_IDS)).filter(pl.col("item").is_in(items)).collect()
-        code_columns = sorted((c for c in frame.columns if c.startswith("code_")), key=lambda c: int(c[5:]))
-        return {row[0]: list(row[1:]) for row in frame.select("item", *code_columns, "dedup").iter_rows()}
 
     def _tags(self, items: list[int]) -> dict[int, list[str]]:
         """Each item's tag path (tags.parquet, when there is one), each level as its plain last component."""

@@ -61,12 +61,14 @@ def test_recommend_json_has_the_documented_shape(trained):
     answer = json.loads(result.stdout)
     assert answer["user"] == "U00007" and answer["k"] == 5 and len(answer["items"]) == 5
     items = pl.read_parquet(trained.path(ITEMS)).sort("item")
+    ids = pl.read_parquet(trained.path(SEMANTIC_IDS))
     for rank, row in enumerate(answer["items"], 1):
         assert set(row) == {"rank", "item_key", "title", "score", "semantic_id", "tags"}
         assert row["rank"] == rank
         item = items.filter(pl.col("item_key") == row["item_key"]).row(0, named=True)
         assert row["title"] == item["title"]
         assert len(row["semantic_id"]) == 4
+        assert row["semantic_id"] == list(ids.filter(pl.col("item") == item["item"]).drop("item").row(0))  # as tokenized
         assert row["tags"] == item["category_path"]  # the plain last component of each level's tag
     scores = [row["score"] for row in answer["items"]]
     assert scores == sorted(scores, reverse=True)
