@@ -52,7 +52,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
     stopped_early: bool = False
-    seconds: float = 0.0
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -280,5 +279,5 @@ def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, rep
         model.load_state_dict(load_file(str(best_path), device=str(device)))
     return TrainResult(
         steps=progress["step"], history=progress["history"], best=progress["best"],
-        stopped_early=progress["stopped_early"], seconds=progress["seconds"],
+        stopped_early=progress["stopped_early"],
     )
