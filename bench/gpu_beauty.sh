@@ -42,8 +42,8 @@ import torch
 from semrec.evaluate import run_eval
 from semrec.project import Project, load_settings, preset_settings
 from semrec.report import Reporter
-from semrec.retriever.fit import build_task, run_fit_retriever
-from semrec.train import TrainConfig, _optimizer
+from bench.retriever import _sync, bench_training
+from semrec.retriever.fit import _autocast, run_fit_retriever
 from semrec.workspace import SEMANTIC_IDS, TOKENIZER, StageRun, Workspace
 
 source, total, per_run, out = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
@@ -96,32 +96,14 @@ def workspace(name: str, ids: Path, arch: str) -> Workspace:
 
 def probe(ws) -> tuple[float, float, int]:
     """Seconds per training step, seconds per validation, and the number of users (for the test evaluation)."""
-    task, _ = build_task(ws, device)
-    s = ws.settings.retriever
-    optimizer = _optimizer(task.model, TrainConfig(steps=1, lr=s.lr, weight_decay=s.weight_decay))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for step in range(25):
-        if step == 5:
-            sync()
-            started = time.perf_counter()
-        with autocast:
-            loss, _ = task.loss(task.batch(step))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    sync()
-    timed = (time.perf_counter() - started) / 20
+    training = bench_training(ws, device, steps=20)
+    task = training["task"]
     task.model.eval()
     started = time.perf_counter()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), _autocast(device):
         task.validate()
-    sync()
-    return timed, time.perf_counter() - started, task.batches.sequences.n_users
+    _sync(device)
+    return training["seconds"] / 20, time.perf_counter() - started, task.batches.sequences.n_users
 
 
 runs = [(name, ids, "encoder-decoder") for name, ids in id_sets()[:1]] + [(name, ids, "decoder-only") for name, ids in id_sets()[:1]]

@@ -35,13 +35,13 @@ def _sync(device) -> None:
 def bench_training(ws, device, steps: int) -> dict:
     import torch
 
-    from semrec.retriever.fit import build_task
+    from semrec.retriever.fit import _autocast, build_task
     from semrec.train import TrainConfig, _optimizer
 
     task, _ = build_task(ws, device)
     s = ws.settings.retriever
     optimizer = _optimizer(task.model, TrainConfig(steps=steps, lr=s.lr, weight_decay=s.weight_decay))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = _autocast(device)
     task.model.train()
 
     def step(i: int) -> None:
@@ -73,11 +73,12 @@ def bench_evaluation(ws, device, task, users: int) -> dict:
     import torch
 
     from semrec.evaluate import rank_users
+    from semrec.retriever.fit import _autocast
 
     sequences = task.batches.sequences
     histories, _ = sequences.split_items("valid")
     rows = torch.arange(min(users, sequences.n_users))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = _autocast(device)
     batch_size = ws.settings.eval.batch_size
     with torch.no_grad(), autocast:
         rank_users(task.model, task.trie, task.batches, histories[rows[:batch_size]], rows[:batch_size], 10, 20, batch_size)
