@@ -33,7 +33,8 @@ BEAUTY = REPO.parent / "shared" / "datasets" / "amazon-beauty-2014"
 def beauty_texts(folder: Path) -> list[str]:
     """The Beauty item texts as the download stage prepares them (P5 ids + the RecBole .item file)."""
     from semrec.project import Project, preset_settings
-    from semrec.workspace import ITEMS, Workspace
+    from semrec.artifacts import ITEMS
+    from semrec.workspace import Workspace
 
     import polars as pl
 

@@ -43,8 +43,10 @@ from semrec.evaluate import run_eval
 from semrec.project import Project, load_settings, preset_settings
 from semrec.report import Reporter
 from bench.retriever import _sync, bench_training
-from semrec.retriever.fit import _autocast, run_fit_retriever
-from semrec.workspace import SEMANTIC_IDS, TOKENIZER, StageRun, Workspace
+from semrec.device import autocast
+from semrec.retriever.fit import run_fit_retriever
+from semrec.artifacts import SEMANTIC_IDS, TOKENIZER
+from semrec.workspace import StageRun, Workspace
 
 source, total, per_run, out = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
 deadline = time.monotonic() + total
@@ -100,7 +102,7 @@ def probe(ws) -> tuple[float, float, int]:
     task = training["task"]
     task.model.eval()
     started = time.perf_counter()
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device):
         task.validate()
     _sync(device)
     return training["seconds"] / 20, time.perf_counter() - started, task.batches.sequences.n_users

@@ -35,18 +35,19 @@ def _sync(device) -> None:
 def bench_training(ws, device, steps: int) -> dict:
     import torch
 
-    from semrec.retriever.fit import _autocast, build_task
+    from semrec.device import autocast
+    from semrec.retriever.fit import build_task
     from semrec.train import TrainConfig, _optimizer
 
     task, _ = build_task(ws, device)
     s = ws.settings.retriever
     optimizer = _optimizer(task.model, TrainConfig(steps=steps, lr=s.lr, weight_decay=s.weight_decay))
-    autocast = _autocast(device)
+    autocast_ctx = autocast(device)
     task.model.train()
 
     def step(i: int) -> None:
         batch = task.batch(i)
-        with autocast:
+        with autocast_ctx:
             loss, _ = task.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -73,14 +74,14 @@ def bench_evaluation(ws, device, task, users: int) -> dict:
     import torch
 
     from semrec.evaluate import rank_users
-    from semrec.retriever.fit import _autocast
+    from semrec.device import autocast
 
     sequences = task.batches.sequences
     histories, _ = sequences.split_items("valid")
     rows = torch.arange(min(users, sequences.n_users))
-    autocast = _autocast(device)
+    autocast_ctx = autocast(device)
     batch_size = ws.settings.eval.batch_size
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast_ctx:
         rank_users(task.model, task.trie, task.batches, histories[rows[:batch_size]], rows[:batch_size], 10, 20, batch_size)
         _sync(device)
         started = time.perf_counter()
@@ -95,7 +96,7 @@ def bench_recommend(ws, repeats: int, cold: int) -> list[dict]:
     import polars as pl
 
     from semrec.recommend import Recommender
-    from semrec.workspace import INTERACTIONS
+    from semrec.artifacts import INTERACTIONS
 
     user = pl.read_parquet(ws.path(INTERACTIONS), columns=["user_key"])["user_key"][0]
     started = time.perf_counter()
@@ -152,7 +153,7 @@ def main() -> None:
 
     from semrec.project import load_project
     from semrec.report import Reporter
-    from semrec.train import resolve_device
+    from semrec.device import resolve_device
     from semrec.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as scratch:

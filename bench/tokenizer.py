@@ -97,7 +97,7 @@ def bench_kind(kind: str, embeddings, tags, encode_tag_texts, args) -> dict:
     import torch
 
     from semrec.tokenizer.fit import fit_tokenizer, tokenizer_metrics
-    from semrec.train import resolve_device
+    from semrec.device import resolve_device
 
     settings = beauty_settings()
     settings.tokenizer.kind = kind

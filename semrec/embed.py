@@ -26,7 +26,8 @@ import torch
 from semrec.errors import SemrecError
 from semrec.report import Reporter
 from semrec.settings import EmbedSettings
-from semrec.workspace import EMBEDDINGS, ITEMS, atomic_path, cache_dir
+from semrec.artifacts import EMBEDDINGS, ITEMS, cache_dir
+from semrec.io import atomic_path
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
@@ -72,7 +73,7 @@ def model_source(name: str) -> tuple[str, str]:
 
 
 def resolve_device(setting: str) -> torch.device:
-    from semrec.train import resolve_device as resolve
+    from semrec.device import resolve_device as resolve
 
     try:
         return resolve(setting)

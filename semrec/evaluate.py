@@ -71,8 +71,9 @@ def run_eval(ws, run) -> dict:
 
     from semrec.retriever.data import Batches, read_sequences
     from semrec.retriever.fit import load_trained
-    from semrec.train import resolve_device
-    from semrec.workspace import EVAL_METRICS, INTERACTIONS, SPLITS, atomic_write_json
+    from semrec.device import resolve_device
+    from semrec.artifacts import EVAL_METRICS, INTERACTIONS, SPLITS
+    from semrec.io import atomic_write_json
 
     settings = ws.settings
     split = settings.eval.split

@@ -185,7 +185,7 @@ def render_toml(settings: Settings) -> str:
 
 def init_project(preset: str, folder: Path, force: bool = False) -> Path:
     """Write `semrec.toml` for a preset into `folder`; refuse to overwrite unless `force`."""
-    from semrec.workspace import atomic_write_text
+    from semrec.io import atomic_write_text
 
     settings = preset_settings(preset)
     path = folder / PROJECT_FILE

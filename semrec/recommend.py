@@ -28,8 +28,8 @@ class Recommender:
         import polars as pl
 
         from semrec.retriever.fit import load_trained
-        from semrec.train import resolve_device
-        from semrec.workspace import ITEMS
+        from semrec.device import resolve_device
+        from semrec.artifacts import ITEMS
 
         trained = load_trained(ws, resolve_device(ws.settings.retriever.device))
         undecodable = int((~trained.decodable).sum())
@@ -50,7 +50,7 @@ class Recommender:
         import polars as pl
 
         from semrec.retriever.data import user_bins
-        from semrec.workspace import INTERACTIONS
+        from semrec.artifacts import INTERACTIONS
 
         path = self.ws.path(INTERACTIONS)
         rows = (
@@ -133,7 +133,7 @@ class Recommender:
         import polars as pl
 
         from semrec.tags import tag_columns_in, tag_label
-        from semrec.workspace import TAGS
+        from semrec.artifacts import TAGS
 
         path = self.ws.path(TAGS)
         if not path.exists():

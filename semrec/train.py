@@ -14,13 +14,13 @@ checkpoint whose fingerprint differs is not resumed.
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from semrec.device import autocast as device_autocast
 from semrec.errors import StageFailed
 from semrec.report import Reporter
 
@@ -52,19 +52,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
     stopped_early: bool = False
-
-
-def resolve_device(setting: str) -> torch.device:
-    """"auto" -> the first CUDA device if there is one, else the CPU; anything else as torch names it."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError as e:
-        raise StageFailed(f"unknown device {setting!r}", "use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StageFailed(f"device {setting!r} asked for, but no CUDA GPU is visible", "set the device to auto or cpu")
-    return device
 
 
 @lru_cache(maxsize=4)
@@ -112,7 +99,7 @@ def _state_tensors(model: torch.nn.Module, prefix: str = "model.") -> dict[str, 
 def save_checkpoint(path: Path, model, optimizer, fingerprint: str, progress: dict) -> None:
     from safetensors.torch import save_file
 
-    from semrec.workspace import atomic_path
+    from semrec.io import atomic_path
 
     tensors = _state_tensors(model)
     opt = optimizer.state_dict()
@@ -192,9 +179,7 @@ def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, rep
         last_path.unlink(missing_ok=True)
         best_path.unlink(missing_ok=True)
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.amp else nullcontext()
-    )
+    autocast = device_autocast(device, config.amp)
     log_every = max(1, min(100, config.steps // 100))
     running: dict[str, float] = {}
     last_saved = progress["step"]
@@ -212,7 +197,7 @@ def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, rep
             progress["bad_validations"] = 0
             from safetensors.torch import save_file
 
-            from semrec.workspace import atomic_path
+            from semrec.io import atomic_path
 
             with atomic_path(best_path) as tmp:
                 save_file(_state_tensors(model, ""), str(tmp))

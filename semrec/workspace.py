@@ -1,4 +1,4 @@
-"""The workspace: artifact paths, atomic writes, the manifest, fingerprints, and the make-like stage runner.
+"""The workspace: artifact paths, the manifest, fingerprints, and the make-like stage runner.
 
 Every stage records in `manifest.json` a digest of the settings it reads and of the artifacts of
 the stages upstream of it. A stage is *done* when its record matches the current settings and
@@ -10,79 +10,16 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import os
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from semrec.artifacts import MANIFEST
 from semrec.errors import SemrecError
+from semrec.io import atomic_write_json
 from semrec.pipeline import STAGES, Stage
 from semrec.project import Project
 from semrec.report import Reporter
-
-ITEMS = "data/items.parquet"
-INTERACTIONS = "data/interactions.parquet"
-SPLITS = "data/splits.parquet"
-EMBEDDINGS = "embeddings.safetensors"
-TAGS = "tags.parquet"
-TOKENIZER = "tokenizer"
-SEMANTIC_IDS = "semantic_ids.parquet"
-RETRIEVER = "retriever"
-EVAL_METRICS = "eval/metrics.json"
-MANIFEST = "manifest.json"
-
-
-def cache_dir() -> Path:
-    """Raw downloads, once per machine: `SEMREC_CACHE_DIR`, else the platform's user cache folder."""
-    override = os.environ.get("SEMREC_CACHE_DIR")
-    if override:
-        return Path(override)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("semrec"))
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; on success it is renamed over `path` in one step."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise SemrecError(f"cannot write {path}: {e.strerror}", "check that the folder exists and is writable") from e
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SemrecError(
-            f"writing {path} failed: {e.strerror}", "free some disk space or choose a writable folder; nothing was lost"
-        ) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_parquet(frame, path: Path) -> None:
-    """Write a polars DataFrame atomically."""
-    with atomic_path(path) as tmp:
-        frame.write_parquet(tmp)
 
 
 def digest_json(obj) -> str:

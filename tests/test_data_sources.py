@@ -13,7 +13,7 @@ import pytest
 from semrec.data import download, movielens
 from semrec.data.download import RawFile
 from semrec.errors import SemrecError
-from semrec.workspace import INTERACTIONS, ITEMS, SPLITS
+from semrec.artifacts import INTERACTIONS, ITEMS, SPLITS
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from semrec.cli import app
 from semrec.data import demo, download
 from semrec.data.prepare import SourceData, k_core, leave_one_out, prepare_tables
-from semrec.workspace import INTERACTIONS, ITEMS, SPLITS
+from semrec.artifacts import INTERACTIONS, ITEMS, SPLITS
 
 
 def test_same_seed_gives_identical_tables_and_another_seed_does_not():

@@ -13,7 +13,9 @@ from semrec import embed
 from semrec.errors import SemrecError
 from semrec.project import render_toml
 from semrec.settings import EmbedSettings
-from semrec.workspace import EMBEDDINGS, ITEMS, StageRun, write_parquet
+from semrec.artifacts import EMBEDDINGS, ITEMS
+from semrec.io import write_parquet
+from semrec.workspace import StageRun
 
 PRODUCTS = [
     "red matte lipstick", "nude lip gloss", "volumizing black mascara", "waterproof eyeliner pencil",

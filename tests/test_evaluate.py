@@ -20,7 +20,9 @@ from semrec.evaluate import hit_ranks, ndcg_at_k, popularity_ranking, recall_at_
 from semrec.pipeline import STAGES
 from semrec.project import render_toml
 from semrec.retriever.fit import run_fit_retriever
-from semrec.workspace import ITEMS, SEMANTIC_IDS, TAGS, TOKENIZER, StageRun, atomic_write_json, write_parquet
+from semrec.artifacts import ITEMS, SEMANTIC_IDS, TAGS, TOKENIZER
+from semrec.io import atomic_write_json, write_parquet
+from semrec.workspace import StageRun
 
 CODEBOOK = 16
 TINY = {

@@ -19,7 +19,9 @@ from semrec.tags.llm import (
     AnswerCache, CandidateIndex, ChatClient, InvalidAnswer, LLMJob, build_messages, parse_answer, tag_with_llm,
 )
 from semrec.tags.stage import LLM_CACHE, run_tag, tag_sample
-from semrec.workspace import ITEMS, TAGS, StageRun, write_parquet
+from semrec.artifacts import ITEMS, TAGS
+from semrec.io import write_parquet
+from semrec.workspace import StageRun
 
 PATH = "/v1/chat/completions"
 

@@ -5,7 +5,7 @@ import json
 
 import polars as pl
 
-from semrec.workspace import INTERACTIONS, ITEMS
+from semrec.artifacts import INTERACTIONS, ITEMS
 
 
 def test_beauty_p5_files_give_the_published_counts_and_the_datamaps_ids(make_workspace, shared_datasets):

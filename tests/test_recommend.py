@@ -14,7 +14,9 @@ from semrec.project import Project, load_project, preset_settings
 from semrec.recommend import Recommender
 from semrec.report import RecordingReporter
 from semrec.retriever.fit import run_fit_retriever
-from semrec.workspace import INTERACTIONS, ITEMS, SEMANTIC_IDS, StageRun, Workspace, write_parquet
+from semrec.artifacts import INTERACTIONS, ITEMS, SEMANTIC_IDS
+from semrec.io import write_parquet
+from semrec.workspace import StageRun, Workspace
 from test_evaluate import TINY, prepared_workspace
 
 FAST = {**TINY, "retriever.steps": 40, "retriever.user_bins": 50}

@@ -6,7 +6,7 @@ from test_tokenizer_fit import fake_model, small_workspace  # noqa: F401  (fixtu
 from semrec.errors import SemrecError
 from semrec.tokenizer.fit import load_tokenizer
 from semrec.tokenizer.ids import collision_tokens, show_item, tokenize_new_items
-from semrec.workspace import EMBEDDINGS, ITEMS, SEMANTIC_IDS
+from semrec.artifacts import EMBEDDINGS, ITEMS, SEMANTIC_IDS
 
 
 def test_collision_tokens_order_by_distance_then_item():

@@ -13,7 +13,9 @@ from semrec.tags import SEPARATOR, source_columns, tag_columns, tag_label, tree_
 from semrec.tags.cluster import distinctive_words, fill_by_clustering, title_words
 from semrec.tags.metadata import category_levels, fill_gaps, merge_rare
 from semrec.tags.stage import run_tag
-from semrec.workspace import ITEMS, TAGS, StageRun, write_parquet
+from semrec.artifacts import ITEMS, TAGS
+from semrec.io import write_parquet
+from semrec.workspace import StageRun
 
 
 pytestmark = pytest.mark.usefixtures("no_sentence_model")

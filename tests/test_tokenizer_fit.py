@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from semrec.errors import SemrecError, StageFailed
 from semrec.tokenizer import fit
 from semrec.tokenizer.fit import fit_tokenizer, load_tokenizer, read_tokenizer, save_tokenizer
-from semrec.workspace import EMBEDDINGS, TAGS, TOKENIZER, StageRun
+from semrec.artifacts import EMBEDDINGS, TAGS, TOKENIZER
+from semrec.workspace import StageRun
 
 DIM = 384
 SMALL = {

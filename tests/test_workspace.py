@@ -4,7 +4,7 @@ import pytest
 
 import semrec.workspace as workspace_module
 from semrec.pipeline import Stage
-from semrec.workspace import atomic_path, atomic_write_text
+from semrec.io import atomic_path, atomic_write_text
 
 CALLS: list[str] = []
 

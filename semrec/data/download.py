@@ -56,7 +56,7 @@ def download_url(raw: RawFile) -> str | None:
 
 
 def dataset_cache(dataset: str) -> Path:
-    from semrec.workspace import cache_dir
+    from semrec.artifacts import cache_dir
 
     return cache_dir() / dataset
 

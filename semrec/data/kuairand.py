@@ -22,7 +22,7 @@ import polars as pl
 from semrec.data.download import RawFile, RawFiles
 from semrec.data.prepare import SourceData
 from semrec.errors import SemrecError
-from semrec.workspace import atomic_path
+from semrec.io import atomic_path
 
 ZENODO = "https://zenodo.org/records/10439422/files"
 VARIANTS = {"pure": ("KuaiRand-Pure.tar.gz", "pure"), "1k": ("KuaiRand-1K.tar.gz", "1k")}

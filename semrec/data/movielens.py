@@ -24,7 +24,7 @@ import polars as pl
 from semrec.data.download import RawFile, RawFiles, find_local, open_text
 from semrec.data.prepare import SourceData, clean_text, compose_text, frame_from_rows
 from semrec.errors import SemrecError
-from semrec.workspace import atomic_path
+from semrec.io import atomic_path
 
 BASE = "https://files.grouplens.org/datasets/movielens"
 ARCHIVES = {

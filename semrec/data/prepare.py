@@ -23,7 +23,8 @@ import numpy as np
 import polars as pl
 
 from semrec.errors import SemrecError
-from semrec.workspace import INTERACTIONS, ITEMS, SPLITS, atomic_path, write_parquet
+from semrec.artifacts import INTERACTIONS, ITEMS, SPLITS
+from semrec.io import atomic_path, write_parquet
 
 SOURCES = {
     "demo": "semrec.data.demo",

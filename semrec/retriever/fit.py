@@ -8,7 +8,6 @@ config, the digest of the semantic IDs it was trained on, the settings) and retr
 import dataclasses
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +17,10 @@ from semrec.evaluate import rank_users, ranking_metrics
 from semrec.retriever.beam import ItemTrie
 from semrec.retriever.data import Batches, SemanticIds, read_semantic_ids, read_sequences
 from semrec.retriever.model import Retriever, RetrieverConfig
-from semrec.train import TrainConfig, epoch_indices, resolve_device, train
-from semrec.workspace import INTERACTIONS, RETRIEVER, SEMANTIC_IDS, SPLITS, TOKENIZER, atomic_write_json
+from semrec.device import autocast, resolve_device
+from semrec.train import TrainConfig, epoch_indices, train
+from semrec.artifacts import INTERACTIONS, RETRIEVER, SEMANTIC_IDS, SPLITS, TOKENIZER
+from semrec.io import atomic_write_json
 
 VALID_K = 10
 
@@ -75,10 +76,6 @@ def model_config(ws, ids: SemanticIds) -> RetrieverConfig:
         head_dim=s.head_dim, encoder_layers=s.encoder_layers, decoder_layers=s.decoder_layers, ff_dim=s.ff_dim,
         dropout=s.dropout,
     )
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
@@ -177,7 +174,7 @@ class Trained:
                 "tokenizer": kind, "steps": self.config["steps"], "best_step": self.config["best_step"]}
 
     def autocast(self):
-        return _autocast(self.device)
+        return autocast(self.device)
 
 
 def load_trained(ws, device: torch.device) -> Trained:

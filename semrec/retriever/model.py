@@ -382,7 +382,7 @@ class Retriever(nn.Module):
         """Weights and config in one safetensors file: the model can be rebuilt from it alone."""
         from safetensors.torch import save_file
 
-        from semrec.workspace import atomic_path
+        from semrec.io import atomic_path
 
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
         meta = {"config": json.dumps(asdict(self.cfg)), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}

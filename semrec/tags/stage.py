@@ -16,7 +16,8 @@ import polars as pl
 from semrec.errors import SemrecError, StageFailed
 from semrec.tags import SEPARATOR, SOURCES, join_path, source_columns, tag_columns, tag_label, tree_violations
 from semrec.tags.metadata import Grid, category_levels, fill_gaps, merge_rare
-from semrec.workspace import ITEMS, TAGS, write_parquet
+from semrec.artifacts import ITEMS, TAGS
+from semrec.io import write_parquet
 
 LLM_CACHE = "tags_cache/llm.jsonl"
 

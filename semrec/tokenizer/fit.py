@@ -20,7 +20,8 @@ from semrec.tokenizer.health import tokenizer_health
 from semrec.tokenizer.hidvae import HiDVAE, HiDVAEConfig, tag_text, tag_vocabulary
 from semrec.tokenizer.kmeans import assign_residual, residual_kmeans
 from semrec.tokenizer.rqvae import RQVAE, RQVAEConfig
-from semrec.workspace import TAGS, TOKENIZER, atomic_path, atomic_write_json
+from semrec.artifacts import TAGS, TOKENIZER
+from semrec.io import atomic_path, atomic_write_json
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -188,7 +189,8 @@ def fit_tokenizer(
 
     `encode_tag_texts(texts) -> (n, text_dim)` embeds tag texts (hidvae only).
     """
-    from semrec.train import TrainConfig, resolve_device, train
+    from semrec.device import resolve_device
+    from semrec.train import TrainConfig, train
 
     tok, seed = settings.tokenizer, settings.project.seed
     device = resolve_device(tok.device)
@@ -302,7 +304,7 @@ def read_tokenizer(folder, device: torch.device | str = "cpu") -> Tokenizer:
 
 def load_tokenizer(ws) -> Tokenizer:
     """The workspace's fitted tokenizer, after checking that it was fitted under the project's settings."""
-    from semrec.train import resolve_device
+    from semrec.device import resolve_device
 
     tokenizer = read_tokenizer(ws.path(TOKENIZER), resolve_device(ws.settings.tokenizer.device))
     fitted, current = tokenizer.config["settings"], dataclasses.asdict(ws.settings.tokenizer)

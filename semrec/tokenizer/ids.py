@@ -15,7 +15,8 @@ from semrec.errors import SemrecError
 from semrec.tags import tag_columns_in
 from semrec.tokenizer.fit import load_tags, load_tokenizer
 from semrec.tokenizer.health import tokenizer_health
-from semrec.workspace import EMBEDDINGS, ITEMS, SEMANTIC_IDS, TAGS, atomic_path, write_parquet
+from semrec.artifacts import EMBEDDINGS, ITEMS, SEMANTIC_IDS, TAGS
+from semrec.io import atomic_path, write_parquet
 
 SHOW_NEIGHBOURS = 10
 
