@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from semrec.cli import app
 from semrec.data import demo, download
-from semrec.data.prepare import SourceData, k_core, leave_one_out, prepare_tables
+from semrec.data.prepare import k_core, leave_one_out, prepare_tables
+from semrec.data.source import SourceData
 from semrec.artifacts import INTERACTIONS, ITEMS, SPLITS
 
 

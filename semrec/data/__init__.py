@@ -1,6 +1,8 @@
 """Data sources and the download stage.
 
-One module per source (amazon, movielens, kuairand, custom, demo), each with `load(ws) ->
-SourceData`; `download.py` gets raw files (local folder, cache or HTTP); `prepare.py` turns a
-source's tables into the canonical items, interactions and leave-one-out splits.
+One module per source (amazon, movielens, kuairand, custom, demo), each with a `load(...) ->
+SourceData` that takes only the settings it reads (`source.py`); `download.py` gets raw files
+(local folder, cache or HTTP) and unpacks archives; `tables.py` reads a table file a person gives;
+`prepare.py` is the stage: it loads the source and turns its tables into the canonical items,
+interactions and leave-one-out splits.
 """

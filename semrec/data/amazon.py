@@ -22,10 +22,11 @@ from pathlib import Path
 
 import polars as pl
 
-from semrec.data.custom import read_atomic
 from semrec.data.download import RawFile, RawFiles, open_text
-from semrec.data.prepare import SourceData, clean_text, compose_text, frame_from_rows
+from semrec.data.source import SourceData, clean_text, compose_text, frame_from_rows
+from semrec.data.tables import read_atomic
 from semrec.errors import SemrecError
+from semrec.report import Reporter
 
 CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
 
@@ -77,12 +78,12 @@ def raw_files(variant: str) -> tuple[RawFile, RawFile]:
     )
 
 
-def load(ws) -> SourceData:
-    data = ws.settings.data
+def load(data, *, root: Path, reporter: Reporter) -> SourceData:
+    """One category in the form `data.source_format` names; `root` is the project folder."""
     variant = data.variant or "beauty"
     if variant not in CATEGORIES:
         raise SemrecError(f"data.variant = {variant!r} is not an Amazon category", f"choose one of: {', '.join(CATEGORIES)}")
-    files = RawFiles.for_workspace(ws, f"amazon-{variant}")
+    files = RawFiles.from_settings(data, f"amazon-{variant}", root=root, reporter=reporter)
     if data.source_format == "p5":
         sequences, datamaps, item_file = P5_FILES[variant]
         return load_p5(

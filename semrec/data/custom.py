@@ -1,10 +1,8 @@
 """Your own data: an items table and an interactions table, mapped by `[data.custom]`.
 
-Formats, chosen by the file name: CSV (.csv, .tsv), Parquet (.parquet), JSON Lines (.jsonl,
-.ndjson) and RecBole atomic files (.item, .inter: tab-separated, CSV quoting, a header of
-`name:type`; the type is dropped from the column name). Every value is read as given and checked
-here, so that a problem names the file, the line (the header is line 1; for Parquet, the row)
-and the column.
+Formats: those of `tables.read_table` (CSV, TSV, Parquet, JSON Lines, RecBole atomic). Every
+value is read as given and checked here, so that a problem names the file, the line (the header
+is line 1; for Parquet, the row) and the column.
 
 Timestamps: whole or decimal numbers are unix seconds; text is parsed with
 `data.custom.timestamp_format` (strftime) or, when that is '', as a number or ISO 8601. An empty
@@ -15,23 +13,20 @@ from pathlib import Path
 
 import polars as pl
 
-from semrec.data.prepare import SourceData, clean_text, compose_text, frame_from_rows
+from semrec.data.source import SourceData, clean_text, compose_text, frame_from_rows
+from semrec.data.tables import read_table
 from semrec.errors import SemrecError
 
-TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t"}
-JSON_SUFFIXES = (".jsonl", ".ndjson")
-ATOMIC_SUFFIXES = (".item", ".inter", ".user")
 
-
-def load(ws) -> SourceData:
-    custom = ws.settings.data.custom
+def load(custom, *, root: Path) -> SourceData:
+    """Your items and interactions; `custom` is the `[data.custom]` section, `root` the project folder."""
     if not custom.items_path or not custom.interactions_path:
         raise SemrecError(
             "data.custom.items_path and data.custom.interactions_path must name your files",
             "e.g. items_path = \"items.csv\", interactions_path = \"interactions.parquet\" (relative to the project folder)",
         )
-    items_path = _resolve(ws.root, custom.items_path, "items_path")
-    inter_path = _resolve(ws.root, custom.interactions_path, "interactions_path")
+    items_path = _resolve(root, custom.items_path, "items_path")
+    inter_path = _resolve(root, custom.interactions_path, "interactions_path")
     items = read_items(items_path, custom)
     interactions = read_interactions(inter_path, custom, items["item_key"])
     return SourceData(f"custom ({items_path.name} + {inter_path.name})", items, interactions, unknown_items="drop")
@@ -45,40 +40,7 @@ def _resolve(root: Path, name: str, key: str) -> Path:
     return path
 
 
-# -- reading any table ------------------------------------------------------------------------
-
-
-def read_table(path: Path) -> pl.DataFrame:
-    """The table with a `_line` column (where each row is in the file, for messages)."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in ATOMIC_SUFFIXES:
-            return read_atomic(path)
-        if suffix in TEXT_SUFFIXES:
-            frame = pl.read_csv(path, separator=TEXT_SUFFIXES[suffix], infer_schema=False)
-            return frame.with_columns(_line=pl.int_range(2, frame.height + 2, dtype=pl.Int64))
-        if suffix in JSON_SUFFIXES:
-            frame = pl.read_ndjson(path, infer_schema_length=None)
-            return frame.with_columns(_line=pl.int_range(1, frame.height + 1, dtype=pl.Int64))
-        if suffix == ".parquet":
-            frame = pl.read_parquet(path)
-            return frame.with_columns(_line=pl.int_range(1, frame.height + 1, dtype=pl.Int64))
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise SemrecError(f"{path}: cannot be read as a {suffix} table: {e}") from e
-    raise SemrecError(
-        f"{path}: unknown table format {suffix!r}",
-        "use .csv, .tsv, .parquet, .jsonl / .ndjson, or RecBole atomic .item / .inter",
-    )
-
-
-def read_atomic(path: Path) -> pl.DataFrame:
-    """A RecBole atomic file (plain or gzipped): every column as text, named without its `:type`."""
-    try:
-        frame = pl.read_csv(path, separator="\t", quote_char='"', infer_schema=False)
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise SemrecError(f"{path}: not a RecBole atomic file: {e}") from e
-    frame = frame.rename({name: name.split(":", 1)[0] for name in frame.columns})
-    return frame.with_columns(_line=pl.int_range(2, frame.height + 2, dtype=pl.Int64))
+# -- checking a table -------------------------------------------------------------------------
 
 
 def _where(path: Path, line: int, column: str) -> str:

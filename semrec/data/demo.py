@@ -18,7 +18,7 @@ while a model that knows which item and which shelf came last can predict most n
 import numpy as np
 import polars as pl
 
-from semrec.data.prepare import SourceData, compose_text, frame_from_rows
+from semrec.data.source import SourceData, compose_text, frame_from_rows
 
 TREE: dict[str, dict[str, list[str]]] = {
     "Beauty & Personal Care": {
@@ -86,8 +86,8 @@ STAY, SIBLING, AISLE = 0.70, 0.85, 0.95  # cumulative probabilities of the moves
 START_TIME = 1_672_531_200  # 2023-01-01 UTC
 
 
-def load(ws) -> SourceData:
-    data, seed = ws.settings.data, ws.settings.project.seed
+def load(data, *, seed: int) -> SourceData:
+    """The shop of `data.demo_items` items and `data.demo_users` users that `seed` makes."""
     items, interactions = generate(seed=seed, n_items=data.demo_items, n_users=data.demo_users)
     return SourceData(f"demo (seed {seed}, {data.demo_items} items, {data.demo_users} users)", items, interactions)
 

@@ -8,6 +8,8 @@ fails verification is moved aside to `<dest>.corrupt` and fetched once more; it 
 `RawFiles` decides where a source's file comes from. The base of every download URL can be replaced
 with the environment variable `SEMREC_MIRROR_URL` (the file is then fetched from
 `$SEMREC_MIRROR_URL/<file name>`): for a local mirror, and for the tests.
+
+`extract_members` unpacks named files from a zip or .tar.gz once, for the sources that scan them.
 """
 
 import errno
@@ -16,15 +18,20 @@ import hashlib
 import io
 import os
 import re
+import shutil
+import tarfile
 import time
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import requests
 
 from semrec.errors import SemrecError, StageFailed
+from semrec.io import atomic_path
 from semrec.report import Reporter
 
 MIRROR_ENV = "SEMREC_MIRROR_URL"
@@ -79,18 +86,18 @@ class RawFiles:
     reporter: Reporter = field(default_factory=Reporter)
 
     @classmethod
-    def for_workspace(cls, ws, dataset: str) -> "RawFiles":
-        data = ws.settings.data
+    def from_settings(cls, data, dataset: str, *, root: Path, reporter: Reporter) -> "RawFiles":
+        """`data.local_dir` (relative to the project folder `root`) and `data.offline` for one dataset."""
         local_dir = None
         if data.local_dir:
             local_dir = Path(data.local_dir).expanduser()
-            local_dir = local_dir if local_dir.is_absolute() else ws.root / local_dir
+            local_dir = local_dir if local_dir.is_absolute() else root / local_dir
             if not local_dir.is_dir():
                 raise SemrecError(
                     f"data.local_dir = {data.local_dir!r} is not a folder ({local_dir})",
                     "set it to the folder that holds the raw files, or to '' to download them",
                 )
-        return cls(dataset, local_dir, data.offline, ws.reporter)
+        return cls(dataset, local_dir, data.offline, reporter)
 
     @property
     def cache(self) -> Path:
@@ -283,19 +290,29 @@ def checksum_problem(path: Path, *, sha256: str | None = None, md5: str | None =
     return None
 
 
-def integrity_problem(path: Path, name: str | None = None) -> str | None:
-    """Why a gzip / zip file is damaged (read to the end, CRCs checked), or None. Other files pass."""
+def compression(path: Path, name: str | None = None) -> str | None:
+    """The file's packing, "zip", "gzip" (a .tar.gz too) or None, from its name (`name`, else the path's) or first bytes."""
     name = name or path.name
     with open(path, "rb") as f:
         magic = f.read(4)
     if name.endswith(".zip") or magic == b"PK\x03\x04":
+        return "zip"
+    if name.endswith((".gz", ".tgz")) or magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    return None
+
+
+def integrity_problem(path: Path, name: str | None = None) -> str | None:
+    """Why a gzip / zip file is damaged (read to the end, CRCs checked), or None. Other files pass."""
+    kind = compression(path, name)
+    if kind == "zip":
         try:
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             return f"not a complete zip archive ({e})"
         return f"member {bad} fails its CRC check" if bad else None
-    if name.endswith((".gz", ".tgz")) or magic[:2] == b"\x1f\x8b":
+    if kind == "gzip":
         try:
             with gzip.open(path, "rb") as f:
                 while f.read(CHUNK):
@@ -315,3 +332,43 @@ def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
     if gzipped:
         return gzip.open(path, "rt", encoding=encoding, newline="")
     return open(path, encoding=encoding, newline="")
+
+
+def extract_members(archive: Path, names: tuple[str, ...], folder: Path, *, publisher: str) -> list[Path]:
+    """The named members of a zip or .tar.gz archive, unpacked into `folder` once (atomically), so polars can scan them.
+
+    A member is matched by its file name wherever it sits in the archive (the first one found);
+    one already in `folder` is not unpacked again. `publisher` names the archive in the message
+    when a member is missing."""
+    targets = {name: folder / name for name in names}
+    wanted = {name for name, path in targets.items() if not path.is_file()}
+    if wanted:
+        for name, member in _members(archive, wanted):
+            with atomic_path(targets[name]) as tmp, open(tmp, "wb") as out:
+                shutil.copyfileobj(member, out, 1 << 20)
+            wanted.discard(name)
+        if wanted:
+            raise SemrecError(
+                f"{archive.name} has no {', '.join(sorted(wanted))}",
+                f"this is not the {publisher} archive; delete {archive} to fetch it again",
+            )
+    return [targets[name] for name in names]
+
+
+def _members(archive: Path, wanted: set[str]) -> Iterator[tuple[str, IO[bytes]]]:
+    """(file name, readable member) for each member whose file name is still in `wanted` when it is reached.
+
+    A .tar.gz is read as a stream, in one pass (gzip has no index to seek by)."""
+    if compression(archive) == "zip":
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                name = Path(info.filename).name
+                if name in wanted and not info.is_dir():
+                    with z.open(info) as member:
+                        yield name, member
+        return
+    with tarfile.open(archive, "r|gz") as tar:
+        for info in tar:
+            name = Path(info.name).name
+            if name in wanted and info.isfile():
+                yield name, tar.extractfile(info)

@@ -14,15 +14,14 @@ basic features: type, upload type and date, duration, tags, author and music ids
 is the one-level `category_path`.
 """
 
-import tarfile
 from pathlib import Path
 
 import polars as pl
 
-from semrec.data.download import RawFile, RawFiles
-from semrec.data.prepare import SourceData
+from semrec.data.download import RawFile, RawFiles, extract_members
+from semrec.data.source import SourceData
 from semrec.errors import SemrecError
-from semrec.io import atomic_path
+from semrec.report import Reporter
 
 ZENODO = "https://zenodo.org/records/10439422/files"
 VARIANTS = {"pure": ("KuaiRand-Pure.tar.gz", "pure"), "1k": ("KuaiRand-1K.tar.gz", "1k")}
@@ -37,19 +36,20 @@ def member_names(suffix: str) -> tuple[str, str, str]:
     )
 
 
-def load(ws) -> SourceData:
-    variant = ws.settings.data.variant or "pure"
+def load(data, *, root: Path, reporter: Reporter) -> SourceData:
+    """The release `data.variant` names; `root` is the project folder."""
+    variant = data.variant or "pure"
     if variant not in VARIANTS:
         raise SemrecError(f"data.variant = {variant!r} is not a KuaiRand release", f"choose one of: {', '.join(VARIANTS)}")
     archive_name, suffix = VARIANTS[variant]
-    files = RawFiles.for_workspace(ws, f"kuairand-{variant}")
+    files = RawFiles.from_settings(data, f"kuairand-{variant}", root=root, reporter=reporter)
     names = member_names(suffix)
     # unpacked files: in data.local_dir, or from an earlier run in the cache (the archive is then not read again)
     paths = _local_csvs(files.local_dir, names) if files.local_dir is not None else None
     paths = paths or _local_csvs(files.cache, names)
     if paths is None:
         archive = files.get(RawFile(archive_name, f"{ZENODO}/{archive_name}"))
-        paths = extract_members(archive, names, files.cache / "data")
+        paths = extract_members(archive, names, files.cache / "data", publisher="KuaiRand")
     first_log, second_log, features = paths
     interactions = pl.concat([scan_log(first_log), scan_log(second_log)], how="vertical").collect()
     videos = read_videos(features, keep=interactions["item_key"].unique())
@@ -66,28 +66,6 @@ def _local_csvs(folder: Path, names: tuple[str, ...]) -> list[Path] | None:
             return None
         found.append(path)
     return found
-
-
-def extract_members(archive: Path, names: tuple[str, ...], folder: Path) -> list[Path]:
-    """Unpack the named members (matched by file name, wherever they sit in the archive) once."""
-    targets = {name: folder / name for name in names}
-    wanted = {name for name, path in targets.items() if not path.is_file()}
-    if wanted:
-        with tarfile.open(archive, "r|gz") as tar:
-            for member in tar:
-                name = Path(member.name).name
-                if name in wanted and member.isfile():
-                    source = tar.extractfile(member)
-                    with atomic_path(targets[name]) as tmp, open(tmp, "wb") as out:
-                        while block := source.read(1 << 20):
-                            out.write(block)
-                    wanted.discard(name)
-        if wanted:
-            raise SemrecError(
-                f"{archive.name} has no {', '.join(sorted(wanted))}",
-                f"this is not the KuaiRand archive; delete {archive} to fetch it again",
-            )
-    return [targets[name] for name in names]
 
 
 def _check_columns(path: Path, needed: set[str]) -> None:

@@ -9,6 +9,9 @@
 `movies.csv`. The ratings are read with polars' lazy CSV scanner from the extracted file, with
 32-bit ids, so preparation stays within a few GiB.
 
+The zip of either release is unpacked into the cache once (`ml-1m/`, `ml-32m/`); a later run reads
+the unpacked files without opening the zip.
+
 Every rating is an interaction unless `data.positive_rating_min` says otherwise. Item text:
 the title, the year and the genres; the first listed genre is the one-level `category_path`
 (MovieLens lists genres alphabetically; `genres` keeps them all).
@@ -16,15 +19,14 @@ the title, the year and the genres; the first listed genre is the one-level `cat
 
 import io
 import re
-import zipfile
 from pathlib import Path
 
 import polars as pl
 
-from semrec.data.download import RawFile, RawFiles, find_local, open_text
-from semrec.data.prepare import SourceData, clean_text, compose_text, frame_from_rows
+from semrec.data.download import RawFile, RawFiles, extract_members, find_local, open_text
+from semrec.data.source import SourceData, clean_text, compose_text, frame_from_rows
 from semrec.errors import SemrecError
-from semrec.io import atomic_path
+from semrec.report import Reporter
 
 BASE = "https://files.grouplens.org/datasets/movielens"
 ARCHIVES = {
@@ -36,11 +38,12 @@ _YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 _KEY = pl.Int32
 
 
-def load(ws) -> SourceData:
-    variant = ws.settings.data.variant or "1m"
+def load(data, *, root: Path, reporter: Reporter) -> SourceData:
+    """The release `data.variant` names; `root` is the project folder."""
+    variant = data.variant or "1m"
     if variant not in ARCHIVES:
         raise SemrecError(f"data.variant = {variant!r} is not a MovieLens release", f"choose one of: {', '.join(ARCHIVES)}")
-    files = RawFiles.for_workspace(ws, f"movielens-{variant}")
+    files = RawFiles.from_settings(data, f"movielens-{variant}", root=root, reporter=reporter)
     loader = load_1m if variant == "1m" else load_32m
     return loader(files)
 
@@ -49,44 +52,45 @@ def load(ws) -> SourceData:
 
 
 def load_1m(files: RawFiles) -> SourceData:
-    name = "movielens 1m"
     if files.local_dir is not None and find_local(ARCHIVES["1m"], files.local_dir) is None:
-        movies = files.get(RawFile("movies.dat", None))
-        ratings = find_local(RawFile("ratings.dat", None), files.local_dir)
-        if ratings is not None:
-            interactions = read_ratings_dat(ratings.read_bytes() if ratings.suffix != ".gz" else _gunzip(ratings))
-        else:
-            reconstructed = find_local(RawFile("ratings_reconstructed.csv", None), files.local_dir)
-            if reconstructed is None:
-                raise SemrecError(
-                    f"no MovieLens 1M ratings in data.local_dir ({files.local_dir})",
-                    "put ml-1m.zip there (https://files.grouplens.org/datasets/movielens/ml-1m.zip), "
-                    "or its ratings.dat and movies.dat",
-                )
-            interactions = read_reconstructed(reconstructed)
-            name += " (reconstructed ratings)"
-        with open_text(movies, encoding="latin-1") as f:
-            items = parse_movies_dat(f.read(), movies.name)
-        return SourceData(name, items, interactions, unknown_items="drop", notes=_null_note(interactions))
+        return _load_1m_extracted(files)
+    ratings, movies = unpacked(files, "1m", ("ratings.dat", "movies.dat"))
+    interactions = read_ratings_dat(ratings.read_bytes())
+    return SourceData("movielens 1m", read_movies_dat(movies), interactions, unknown_items="drop")
 
-    archive = files.get(ARCHIVES["1m"])
-    with zipfile.ZipFile(archive) as z:
-        ratings = read_ratings_dat(z.read(_member(z, "ratings.dat", archive)))
-        items = parse_movies_dat(z.read(_member(z, "movies.dat", archive)).decode("latin-1"), "movies.dat")
-    return SourceData(name, items, ratings, unknown_items="drop")
+
+def _load_1m_extracted(files: RawFiles) -> SourceData:
+    """From files in data.local_dir instead of the zip: movies.dat, with ratings.dat or the reconstructed ratings."""
+    name = "movielens 1m"
+    movies = files.get(RawFile("movies.dat", None))
+    ratings = find_local(RawFile("ratings.dat", None), files.local_dir)
+    if ratings is not None:
+        interactions = read_ratings_dat(ratings.read_bytes() if ratings.suffix != ".gz" else _gunzip(ratings))
+    else:
+        reconstructed = find_local(RawFile("ratings_reconstructed.csv", None), files.local_dir)
+        if reconstructed is None:
+            raise SemrecError(
+                f"no MovieLens 1M ratings in data.local_dir ({files.local_dir})",
+                "put ml-1m.zip there (https://files.grouplens.org/datasets/movielens/ml-1m.zip), "
+                "or its ratings.dat and movies.dat",
+            )
+        interactions = read_reconstructed(reconstructed)
+        name += " (reconstructed ratings)"
+    return SourceData(name, read_movies_dat(movies), interactions, unknown_items="drop", notes=_null_note(interactions))
+
+
+def unpacked(files: RawFiles, variant: str, names: tuple[str, ...]) -> list[Path]:
+    """The named files of a release zip, unpacked into the cache on first use (a later run does not open the zip)."""
+    folder = files.cache / f"ml-{variant}"
+    if all((folder / name).is_file() for name in names):
+        return [folder / name for name in names]
+    return extract_members(files.get(ARCHIVES[variant]), names, folder, publisher="GroupLens")
 
 
 def _gunzip(path: Path) -> bytes:
     import gzip
 
     return gzip.decompress(path.read_bytes())
-
-
-def _member(archive: zipfile.ZipFile, name: str, path: Path) -> str:
-    for member in archive.namelist():
-        if member == name or member.endswith("/" + name):
-            return member
-    raise SemrecError(f"{path.name} has no {name}", f"this is not the GroupLens archive; delete {path} to fetch it again")
 
 
 def read_ratings_dat(raw: bytes) -> pl.DataFrame:
@@ -123,6 +127,12 @@ def read_reconstructed(path: Path) -> pl.DataFrame:
 def _null_note(interactions: pl.DataFrame) -> dict:
     nulls = interactions["timestamp"].null_count()
     return {"interactions_without_timestamp": nulls} if nulls else {}
+
+
+def read_movies_dat(path: Path) -> pl.DataFrame:
+    """movies.dat, plain or gzipped (it is ISO-8859-1)."""
+    with open_text(path, encoding="latin-1") as f:
+        return parse_movies_dat(f.read(), path.name)
 
 
 def parse_movies_dat(text: str, file_name: str) -> pl.DataFrame:
@@ -166,30 +176,11 @@ def _movies_frame(rows: list[dict]) -> pl.DataFrame:
 
 
 def load_32m(files: RawFiles) -> SourceData:
-    ratings_file, movies_file = RawFile("ratings.csv", None), RawFile("movies.csv", None)
-    unpacked = files.cache / "ml-32m"
     if files.local_dir is not None and find_local(ARCHIVES["32m"], files.local_dir) is None:
-        ratings, movies = files.get(ratings_file), files.get(movies_file)
-    elif (unpacked / "ratings.csv").is_file() and (unpacked / "movies.csv").is_file():
-        ratings, movies = unpacked / "ratings.csv", unpacked / "movies.csv"  # from an earlier run
+        ratings, movies = files.get(RawFile("ratings.csv", None)), files.get(RawFile("movies.csv", None))
     else:
-        archive = files.get(ARCHIVES["32m"])
-        ratings, movies = extract(archive, ("ratings.csv", "movies.csv"), unpacked)
+        ratings, movies = unpacked(files, "32m", ("ratings.csv", "movies.csv"))
     return SourceData("movielens 32m", read_movies_csv(movies), scan_ratings_csv(ratings), unknown_items="drop")
-
-
-def extract(archive: Path, names: tuple[str, ...], folder: Path) -> list[Path]:
-    """Unpack members of a zip once (atomically) so polars can scan them."""
-    paths = []
-    with zipfile.ZipFile(archive) as z:
-        for name in names:
-            dest = folder / name
-            if not dest.is_file():
-                with atomic_path(dest) as tmp, z.open(_member(z, name, archive)) as src, open(tmp, "wb") as out:
-                    while block := src.read(1 << 20):
-                        out.write(block)
-            paths.append(dest)
-    return paths
 
 
 def scan_ratings_csv(path: Path) -> pl.LazyFrame:

@@ -1,6 +1,6 @@
 """The download stage: a source's raw tables -> items, interactions and leave-one-out splits.
 
-Every source module has `load(ws) -> SourceData`; what all sources share lives
+Every source module has a `load(...) -> SourceData` (see `source.py`); what all sources share lives
 here once: dropping non-positive ratings, the iterative k-core filter, ordering each user's
 items in time, dense ids by first appearance, the splits, and the key figures.
 
@@ -15,50 +15,26 @@ A source whose ids are fixed upstream (the P5 files) passes `fixed_ids=True`: it
 order is the item order, and its interactions are already in user order and in time order.
 """
 
-import html
-import importlib
-from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 
-from semrec.errors import SemrecError
 from semrec.artifacts import INTERACTIONS, ITEMS, SPLITS
+from semrec.data import amazon, custom, demo, kuairand, movielens
+from semrec.data.source import SourceData
+from semrec.errors import SemrecError
 from semrec.io import atomic_path, write_parquet
+from semrec.report import Reporter
 
-SOURCES = {
-    "demo": "semrec.data.demo",
-    "amazon": "semrec.data.amazon",
-    "movielens": "semrec.data.movielens",
-    "kuairand": "semrec.data.kuairand",
-    "custom": "semrec.data.custom",
-}
-
-
-@dataclass
-class SourceData:
-    """What a source hands over.
-
-    items: one row per item: `item_key` (unique, any dtype), `title`, `text`, `category_path`
-      (List(Utf8)), plus source fields.
-    interactions: `user_key`, `item_key` (same dtype as the items'), `timestamp` (Int64 unix
-      seconds, nullable), optionally `rating` (Float64); rows in file order. A LazyFrame is fine.
-    """
-
-    name: str
-    items: pl.DataFrame
-    interactions: pl.DataFrame | pl.LazyFrame
-    fixed_ids: bool = False
-    unknown_items: str = "fallback"  # interactions with an item missing from `items`: fallback | drop
-    warnings: list[str] = field(default_factory=list)
-    notes: dict = field(default_factory=dict)
+SOURCES = ("demo", "amazon", "movielens", "kuairand", "custom")
+_DOWNLOADED = {"amazon": amazon, "movielens": movielens, "kuairand": kuairand}
 
 
 def run_download(ws, run) -> dict:
     data = ws.settings.data
-    if data.dataset not in SOURCES:
-        raise SemrecError(f"data.dataset = {data.dataset!r} is not a source", f"choose one of: {', '.join(SOURCES)}")
-    source = importlib.import_module(SOURCES[data.dataset]).load(ws)
+    source = load_source(data, root=ws.root, seed=ws.settings.project.seed, reporter=ws.reporter)
     ws.reporter.info(f"preparing {source.name}")
     items, interactions, warnings = prepare_tables(
         source,
@@ -79,21 +55,78 @@ def run_download(ws, run) -> dict:
     return figures
 
 
+def load_source(data, *, root: Path, seed: int, reporter: Reporter) -> SourceData:
+    """The tables of the source `data.dataset` names, each source given only what it reads.
+
+    `root` is the project folder (relative paths in the settings start there), `seed` makes the demo."""
+    if data.dataset == "demo":
+        return demo.load(data, seed=seed)
+    if data.dataset == "custom":
+        return custom.load(data.custom, root=root)
+    if data.dataset in _DOWNLOADED:
+        return _DOWNLOADED[data.dataset].load(data, root=root, reporter=reporter)
+    raise SemrecError(f"data.dataset = {data.dataset!r} is not a source", f"choose one of: {', '.join(SOURCES)}")
+
+
+class CodedInteractions(NamedTuple):
+    """Interaction rows as dense integer codes (numpy), with the keys each code stands for."""
+
+    users: np.ndarray  # (n,) user code of each row
+    user_keys: pl.Series  # the distinct user keys, in code order
+    items: np.ndarray  # (n,) item code of each row
+    item_keys: pl.Series  # the distinct item keys, in code order
+    timestamps: pl.Series  # (n,) Int64, nullable
+
+    @classmethod
+    def encode(cls, frame: pl.DataFrame) -> "CodedInteractions":
+        """Codes for a `user_key`, `item_key`, `timestamp` frame (which the caller then lets go)."""
+        users, user_keys = dense_codes(frame["user_key"])
+        items, item_keys = dense_codes(frame["item_key"])
+        return cls(users, user_keys, items, item_keys, frame["timestamp"])
+
+    def take(self, rows: np.ndarray) -> "CodedInteractions":
+        """The given rows, in the given order; the keys (and so the codes) stay as they are."""
+        return self._replace(users=self.users[rows], items=self.items[rows], timestamps=self.timestamps.gather(rows))
+
+
 def prepare_tables(
     source: SourceData, *, min_interactions: int, positive_rating_min: float
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """Filter, order and number: (items, interactions, warnings) in the artifact shapes.
 
     Keys become dense integer codes once; the k-core, the ordering and the numbering then run on
-    numpy arrays (bincounts, one stable sort), which keeps 32 million rows within a minute."""
-    warnings: list[str] = []
-    items = source.items
-    if items.height == 0:
+    numpy arrays (bincounts, one stable sort), which keeps 32 million rows within a minute. Each
+    step rebinds `coded`, so the arrays of the step before are freed as soon as it is done."""
+    check_items(source)
+    coded = CodedInteractions.encode(positive_interactions(source, positive_rating_min))
+    items, rows, warnings = with_unknown_items(source, coded)
+    rows = rows[k_core(coded.users[rows], coded.items[rows], min_interactions)]
+    if rows.size == 0:
+        raise SemrecError(
+            f"{source.name}: nothing is left after the {min_interactions}-core filter", "lower data.min_interactions"
+        )
+    coded = coded.take(rows)
+    del rows
+    user_rank = rank_by_first(coded.users, len(coded.user_keys))
+    coded = coded.take(time_order(user_rank[coded.users], coded.timestamps, fixed=source.fixed_ids))
+    if source.fixed_ids:
+        item_rank = rank_in_table(coded.items, coded.item_keys, items)
+    else:
+        item_rank = rank_by_first(coded.items, len(coded.item_keys))
+    interactions = numbered_interactions(coded, user_rank, item_rank)
+    return numbered_items(items, coded, item_rank), interactions, warnings
+
+
+def check_items(source: SourceData) -> None:
+    if source.items.height == 0:
         raise SemrecError(f"{source.name}: the items table is empty")
-    duplicates = items.filter(pl.col("item_key").is_duplicated())["item_key"].unique()
+    duplicates = source.items.filter(pl.col("item_key").is_duplicated())["item_key"].unique()
     if len(duplicates):
         raise SemrecError(f"{source.name}: duplicate item ids, e.g. {duplicates[0]!r}")
 
+
+def positive_interactions(source: SourceData, positive_rating_min: float) -> pl.DataFrame:
+    """`user_key`, `item_key`, `timestamp` of the rows whose rating (if the source has one) counts as positive."""
     inter = source.interactions.lazy()
     if "rating" in inter.collect_schema() and positive_rating_min > 0:
         inter = inter.filter(pl.col("rating") >= positive_rating_min)
@@ -102,55 +135,51 @@ def prepare_tables(
         raise SemrecError(f"{source.name}: no interactions left", "lower data.positive_rating_min")
     if inter["user_key"].null_count() or inter["item_key"].null_count():
         raise SemrecError(f"{source.name}: an interaction has no user or item id")
+    return inter
 
-    users, user_keys = dense_codes(inter["user_key"])
-    item_codes, item_keys = dense_codes(inter["item_key"])
-    all_times = inter["timestamp"]
-    del inter  # frees the raw table: from here on the work is on numpy arrays of codes
-    rows = np.arange(users.size, dtype=_index_dtype(users.size))
-    unknown = ~item_keys.is_in(items["item_key"].implode()).to_numpy()
-    if unknown.any():
-        missing = item_keys.filter(pl.Series(unknown))
-        if source.unknown_items == "drop":
-            rows = rows[~unknown[item_codes]]
-            warnings.append(f"{len(missing)} items have interactions but no metadata; their interactions were dropped")
-        else:
-            items = pl.concat([items, fallback_items(missing, items.schema)], how="diagonal_relaxed")
-            warnings.append(f"{len(missing)} items have no metadata; their title and text are their id")
 
-    rows = rows[k_core(users[rows], item_codes[rows], min_interactions)]
-    if rows.size == 0:
-        raise SemrecError(
-            f"{source.name}: nothing is left after the {min_interactions}-core filter", "lower data.min_interactions"
-        )
-    timestamps = all_times.gather(rows)
-    user_code, item_code = users[rows], item_codes[rows]
-    del all_times, users, item_codes, rows
-    user_rank = rank_by_first(user_code, len(user_keys))
-    order = time_order(user_rank[user_code], timestamps, fixed=source.fixed_ids)
-    user_code, item_code, timestamps = user_code[order], item_code[order], timestamps.gather(order)
-    del order
-    item_rank = (
-        rank_in_table(item_code, item_keys, items) if source.fixed_ids else rank_by_first(item_code, len(item_keys))
-    )
-    user = user_rank[user_code]
+def with_unknown_items(source: SourceData, coded: CodedInteractions) -> tuple[pl.DataFrame, np.ndarray, list[str]]:
+    """(items, rows kept, warnings) once interactions with an item missing from the items table are dealt with.
+
+    The source says which: `unknown_items="drop"` drops their rows; "fallback" keeps them and
+    gives each such item a row whose title and text are its id."""
+    items = source.items
+    rows = np.arange(coded.users.size, dtype=_index_dtype(coded.users.size))
+    unknown = ~coded.item_keys.is_in(items["item_key"].implode()).to_numpy()
+    if not unknown.any():
+        return items, rows, []
+    missing = coded.item_keys.filter(pl.Series(unknown))
+    if source.unknown_items == "drop":
+        dropped = f"{len(missing)} items have interactions but no metadata; their interactions were dropped"
+        return items, rows[~unknown[coded.items]], [dropped]
+    items = pl.concat([items, fallback_items(missing, items.schema)], how="diagonal_relaxed")
+    return items, rows, [f"{len(missing)} items have no metadata; their title and text are their id"]
+
+
+def numbered_interactions(coded: CodedInteractions, user_rank: np.ndarray, item_rank: np.ndarray) -> pl.DataFrame:
+    """The interactions artifact from rows in final order: dense ids and each row's position in its user's sequence."""
+    user = user_rank[coded.users]
     counts = np.bincount(user)
     position = np.arange(user.size, dtype=np.int64) - (np.cumsum(counts) - counts)[user]
-    interactions = pl.DataFrame(
+    return pl.DataFrame(
         {
             "user": user,
-            "user_key": user_keys.cast(pl.Utf8).gather(user_code),
-            "item": item_rank[item_code],
-            "timestamp": timestamps,
+            "user_key": coded.user_keys.cast(pl.Utf8).gather(coded.users),
+            "item": item_rank[coded.items],
+            "timestamp": coded.timestamps,
             "position": position,
         },
         schema={"user": pl.Int64, "user_key": pl.Utf8, "item": pl.Int64, "timestamp": pl.Int64, "position": pl.Int64},
     ).with_columns(pl.col("user").set_sorted())  # lets the group-bys of the splits take their fast path
-    present = np.flatnonzero(np.bincount(item_code, minlength=len(item_keys)))
+
+
+def numbered_items(items: pl.DataFrame, coded: CodedInteractions, item_rank: np.ndarray) -> pl.DataFrame:
+    """The items artifact: one row per item that still has an interaction, in id order, with its dense id."""
+    present = np.flatnonzero(np.bincount(coded.items, minlength=len(coded.item_keys)))
     by_id = present[np.argsort(item_rank[present])]
-    numbered = pl.DataFrame({"item": np.arange(by_id.size, dtype=np.int64), "item_key": item_keys.gather(by_id)})
+    numbered = pl.DataFrame({"item": np.arange(by_id.size, dtype=np.int64), "item_key": coded.item_keys.gather(by_id)})
     items = numbered.join(items, on="item_key", how="left", maintain_order="left")
-    return items.with_columns(pl.col("item_key").cast(pl.Utf8)), interactions, warnings
+    return items.with_columns(pl.col("item_key").cast(pl.Utf8))
 
 
 def _index_dtype(n: int):
@@ -245,38 +274,6 @@ def time_order(user_rank: np.ndarray, timestamps: pl.Series, fixed: bool) -> np.
     key += times
     del times
     return np.argsort(key, kind="stable")
-
-
-def clean_text(value) -> str:
-    """HTML entities decoded ("&amp;" -> "&") and runs of whitespace, newlines included, made one space."""
-    if value is None:
-        return ""
-    return " ".join(html.unescape(str(value)).split())
-
-
-def compose_text(title: str, *fields: tuple[str, str]) -> str:
-    """The default string to embed (TIGER style): the title, then "Label: value." for each non-empty field."""
-    parts = [title.rstrip(".") + "."] if title else []
-    parts += [f"{label}: {value}." for label, value in fields if value]
-    return " ".join(parts)
-
-
-def frame_from_rows(rows: list[dict], schema: dict) -> pl.DataFrame:
-    """A DataFrame from row dicts, built column by column.
-
-    List(Utf8) columns travel as one joined string per row and are split by polars: building
-    them from Python lists costs a Series per row (20x slower). The separator is a control
-    character that `clean_text` never leaves in a value.
-    """
-    columns = {}
-    for name, dtype in schema.items():
-        values = [row[name] for row in rows]
-        if dtype == pl.List(pl.Utf8):
-            joined = pl.Series(name, ["\x1f".join(v) for v in values], dtype=pl.Utf8)
-            columns[name] = joined.str.split("\x1f").list.eval(pl.element().filter(pl.element() != ""))
-        else:
-            columns[name] = pl.Series(name, values, dtype=dtype)
-    return pl.DataFrame(columns)
 
 
 def fallback_items(keys: pl.Series, schema) -> pl.DataFrame:

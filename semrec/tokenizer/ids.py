@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from semrec.data.tables import read_table
 from semrec.errors import SemrecError
 from semrec.tags import tag_columns_in
 from semrec.tokenizer.fit import load_tags, load_tokenizer
@@ -80,24 +81,6 @@ def run_tokenize(ws, run) -> dict:
 
 
 # -- cold start ---------------------------------------------------------------------------------
-def read_table(path: Path) -> pl.DataFrame:
-    """A CSV, Parquet or JSON Lines file as a polars frame."""
-    path = Path(path)
-    if not path.is_file():
-        raise SemrecError(f"no file at {path}", "give the path of a CSV, Parquet or JSON Lines (.jsonl) file of new items")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pl.read_parquet(path)
-        if suffix in (".jsonl", ".ndjson"):
-            return pl.read_ndjson(path)
-        if suffix in (".csv", ".tsv"):
-            return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=None)
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise SemrecError(f"{path} could not be read: {e}", "check that the file is a well-formed table") from e
-    raise SemrecError(f"{path}: unknown file type {suffix!r}", "use .csv, .tsv, .parquet or .jsonl")
-
-
 def _align_new_items(new: pl.DataFrame, items: pl.DataFrame, path: Path) -> pl.DataFrame:
     """The new rows in the items table's schema: dense ids after the existing ones, missing columns empty."""
     missing = [c for c in ("item_key", "title", "text") if c not in new.columns]
@@ -148,7 +131,7 @@ def tokenize_new_items(ws, path) -> dict:
     path = Path(path)
     ws.ensure("tokenize")
     items = pl.read_parquet(ws.path(ITEMS))
-    new = _align_new_items(read_table(path), items, path)
+    new = _align_new_items(read_table(path, infer_types=True, what="new items"), items, path)
     if new.height == 0:
         return {"added": 0, "items": []}
     encoder = CachedEncoder(ws.settings.embed, ws.reporter)
