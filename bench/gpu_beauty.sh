@@ -76,10 +76,11 @@ def settings_for(arch: str):
     settings = load_settings(source / "semrec.toml") if (source / "semrec.toml").exists() else preset_settings("beauty")
     r = settings.retriever
     r.arch, r.device = arch, str(device)
-    r.batch_size, r.lr, r.warmup_steps = int(env("BATCH", 1024)), float(env("LR", 0.002)), int(env("WARMUP", 300))
-    r.schedule, r.patience, r.checkpoint_every = "cosine", 0, 10**9
+    t = r.train
+    t.batch_size, t.lr, t.warmup_steps = int(env("BATCH", 1024)), float(env("LR", 0.002)), int(env("WARMUP", 300))
+    t.schedule, r.patience, t.checkpoint_every = "cosine", 0, 10**9
     r.eval_every, r.valid_users = int(env("EVAL_EVERY", 250)), int(env("VALID_USERS", 4096))
-    r.dropout, r.weight_decay = float(env("DROPOUT", 0.1)), float(env("WEIGHT_DECAY", 0.1))
+    r.dropout, t.weight_decay = float(env("DROPOUT", 0.1)), float(env("WEIGHT_DECAY", 0.1))
     r.compile = env("COMPILE", "0") == "1"
     settings.eval.batch_size = 1024 if device.type == "cuda" else 256
     settings.eval.split = "test"
@@ -125,9 +126,10 @@ for name, ids, arch in runs:
     r = ws.settings.retriever
     test_s = valid_s * users / min(r.valid_users or users, users) + 15  # the test evaluation ranks every user
     fit_s = budget - (time.monotonic() - started) - test_s - 20  # 20 s: loading, saving, writing
-    r.steps = max(r.warmup_steps + r.eval_every, int(fit_s / (step_s + valid_s / r.eval_every)))
-    print(f"{label}: {step_s * 1000:.1f} ms/step, {valid_s:.1f} s/validation -> {r.steps} steps in {fit_s:.0f} s", flush=True)
-    figures = run_fit_retriever(ws, StageRun("fit-retriever", label, fresh=True, options={"resume": False, "max_seconds": fit_s}))
+    r.train.steps = max(r.train.warmup_steps + r.eval_every, int(fit_s / (step_s + valid_s / r.eval_every)))
+    r.train.max_minutes = fit_s / 60
+    print(f"{label}: {step_s * 1000:.1f} ms/step, {valid_s:.1f} s/validation -> {r.train.steps} steps in {fit_s:.0f} s", flush=True)
+    figures = run_fit_retriever(ws, StageRun("fit-retriever", label, fresh=True, options={"resume": False}))
     result = run_eval(ws, StageRun("eval", label))
     curve = json.loads(ws.path("retriever/metrics.json").read_text())
     wall = time.monotonic() - started

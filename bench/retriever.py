@@ -40,7 +40,7 @@ def bench_training(ws, device, steps: int) -> dict:
     from semrec.train import TrainConfig, _optimizer
 
     task, _ = build_task(ws, device)
-    s = ws.settings.retriever
+    s = ws.settings.retriever.train
     optimizer = _optimizer(task.model, TrainConfig(steps=steps, lr=s.lr, weight_decay=s.weight_decay))
     autocast_ctx = autocast(device)
     task.model.train()
@@ -73,7 +73,7 @@ def bench_training(ws, device, steps: int) -> dict:
 def bench_evaluation(ws, device, task, users: int) -> dict:
     import torch
 
-    from semrec.evaluate import rank_users
+    from semrec.retriever.rank import rank_users
     from semrec.device import autocast
 
     sequences = task.batches.sequences
@@ -131,7 +131,7 @@ def demo_workspace(folder: Path, args):
     path = init_project("demo", folder)
     project = load_project(explicit=path)
     project.settings.data.demo_items, project.settings.data.demo_users = args.demo_items, args.demo_users
-    project.settings.retriever.steps = 30  # latency needs a trained model, not a good one
+    project.settings.retriever.train.steps = 30  # latency needs a trained model, not a good one
     path.write_text(render_toml(project.settings))
     return Workspace(project, Reporter())
 

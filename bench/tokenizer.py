@@ -69,7 +69,7 @@ def dump_inputs(folder: Path, embeddings, tags, encode_tag_texts) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"embeddings": embeddings.contiguous()}, str(folder / "embeddings.safetensors"))
     (folder / "tags.json").write_text(json.dumps(tags))  # JSON, so that reading needs no polars
-    min_count = beauty_settings().tokenizer.tag_min_count
+    min_count = beauty_settings().tokenizer.hidvae.tag_min_count
     _, names = tag_vocabulary(tags, min_count)
     texts = sorted({tag_text(n) for level in names for n in level})
     vectors = encode_tag_texts(texts)
@@ -103,7 +103,7 @@ def bench_kind(kind: str, embeddings, tags, encode_tag_texts, args) -> dict:
     settings.tokenizer.kind = kind
     settings.tokenizer.device = args.device
     if args.steps:
-        settings.tokenizer.steps = args.steps
+        settings.tokenizer.train.steps = args.steps
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as checkpoints:
         if device.type == "cuda":

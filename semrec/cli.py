@@ -88,7 +88,11 @@ def _workspace():
     from semrec.workspace import Workspace
 
     explicit = _global_options["project"]
-    return Workspace(load_project(explicit=explicit), RichReporter(_console()))
+    project = load_project(explicit=explicit)
+    reporter = RichReporter(_console())
+    for notice in project.notices:
+        reporter.warn(notice)
+    return Workspace(project, reporter)
 
 
 def _emit(result, as_json: bool, render=None) -> None:
@@ -199,14 +203,17 @@ def fit_retriever(
     force: ForceOption = False,
     resume: ResumeOption = True,
     max_minutes: Annotated[
-        float, typer.Option("--max-minutes", help="Stop training after this many minutes, keeping the best checkpoint (0 = no limit).")
-    ] = 0.0,
+        Optional[float],
+        typer.Option("--max-minutes", help="Stop training after this many minutes, keeping the best checkpoint "
+                     "(0 = no limit; default: retriever.train.max_minutes)."),
+    ] = None,
     as_json: JsonOption = False,
 ):
     """Train the generative retriever on the users' semantic-ID sequences."""
     ws = _workspace()
-    options = {"resume": resume, "max_seconds": max_minutes * 60}
-    _emit(ws.ensure("fit-retriever", force=force, options=options), as_json)
+    if max_minutes is not None:
+        ws.settings.retriever.train.max_minutes = max_minutes
+    _emit(ws.ensure("fit-retriever", force=force, options={"resume": resume}), as_json)
 
 
 @command("eval")
@@ -247,6 +254,7 @@ def recommend(
     if (user is None) == (history is None):
         raise SemrecError("give exactly one of --user or --history", "e.g. --user A1YJEY40YUW4SE or --history B004756YJA,B00021DJ32")
     ws = _workspace()
+    ws.require("fit-retriever")
     recommender = Recommender.load(ws)
     if user is not None:
         result = recommender.for_user(user, k=k, exclude_seen=exclude_seen)

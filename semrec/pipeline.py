@@ -2,28 +2,81 @@
 
 Stage functions are named as "module:function" so that importing this table (and `--help`)
 stays fast; each is called as `function(workspace, stage_run) -> figures` and writes its outputs
-atomically. A settings key that starts with "-" is left out of the stage's fingerprint.
+atomically. A stage's settings are the keys it reads (dotted paths into the settings; a section
+means all of it); a key that starts with "-" is left out (where it runs, how often it saves).
+Only what a stage really reads is in its fingerprint: the tokenizer reads the sub-tables of its
+own kind, and decoding settings live in [eval], so changing how you decode never retrains.
 """
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from semrec.registry import TOKENIZERS
+
+_HOW_LONG = ("train.checkpoint_every", "train.max_minutes")
+"""Training keys that change how often a stage saves and how long it may run, not what it learns."""
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     run: str
-    settings: tuple[str, ...]
+    settings: Callable[[object], tuple[str, ...]]
     outputs: tuple[str, ...]
     upstream: Callable[[object], tuple[str, ...]]
 
 
-def _needs(*names: str):
+def _fixed(*names: str):
     return lambda settings: names
 
 
+def _tokenizer_settings(settings) -> tuple[str, ...]:
+    kind = TOKENIZERS[settings.tokenizer.kind]
+    keys = ["tokenizer.kind", "tokenizer.levels", "tokenizer.codebook_size", "tokenizer.kmeans_iters", "project.seed"]
+    keys += [f"tokenizer.{table}" for table in kind.reads]
+    return (*keys, *(f"-tokenizer.{key}" for key in _HOW_LONG))
+
+
 def _tokenizer_upstream(settings) -> tuple[str, ...]:
-    return ("embed", "tag") if settings.tokenizer.kind == "hidvae" else ("embed",)
+    return ("embed", *TOKENIZERS[settings.tokenizer.kind].needs)
+
+
+def _retriever_settings(settings) -> tuple[str, ...]:
+    return ("retriever", "project.seed", "-retriever.device", "-retriever.compile",
+            *(f"-retriever.{key}" for key in _HOW_LONG))
+
+
+def lookup(settings, key: str):
+    for part in key.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+def select_settings(settings, keys: tuple[str, ...]) -> dict:
+    """The settings named by `keys` as a JSON-able dict: {key: value or table}, "-" keys removed."""
+    chosen = {}
+    for key in keys:
+        if not key.startswith("-"):
+            value = lookup(settings, key)
+            chosen[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    for key in keys:
+        if key.startswith("-"):
+            path = key[1:]
+            owner = max((k for k in chosen if path.startswith(k + ".")), key=len, default=None)
+            if owner is None:
+                continue
+            table = chosen[owner]
+            *inner, last = path[len(owner) + 1:].split(".")
+            for part in inner:
+                table = table.get(part, {})
+            table.pop(last, None)
+    return chosen
+
+
+def stage_settings(settings, name: str) -> dict:
+    """What stage `name` reads of `settings`: its fingerprint's settings part, also stored with what it fits."""
+    return select_settings(settings, STAGES[name].settings(settings))
 
 
 STAGES: dict[str, Stage] = {
@@ -32,54 +85,51 @@ STAGES: dict[str, Stage] = {
         Stage(
             "download",
             "semrec.data.prepare:run_download",
-            ("data", "project.seed", "-data.max_seq_len", "-data.offline"),
+            _fixed("data", "project.seed", "-data.offline"),
             ("data/items.parquet", "data/interactions.parquet", "data/splits.parquet"),
-            _needs(),
+            _fixed(),
         ),
         Stage(
             "embed",
             "semrec.embed:run_embed",
-            ("embed", "-embed.batch_size", "-embed.device"),
+            _fixed("embed", "-embed.batch_size", "-embed.device"),
             ("embeddings.safetensors",),
-            _needs("download"),
+            _fixed("download"),
         ),
         Stage(
             "tag",
             "semrec.tags.stage:run_tag",
-            ("tag", "-tag.llm.concurrency", "-tag.llm.timeout_s", "-tag.llm.max_retries", "-tag.llm.retry_wait_s"),
+            _fixed("tag", "-tag.llm.concurrency", "-tag.llm.timeout_s", "-tag.llm.max_retries", "-tag.llm.retry_wait_s"),
             ("tags.parquet",),
-            _needs("download", "embed"),
+            _fixed("download", "embed"),
         ),
         Stage(
             "fit-tokenizer",
             "semrec.tokenizer.fit:run_fit_tokenizer",
-            ("tokenizer", "project.seed", "-tokenizer.device", "-tokenizer.checkpoint_every"),
+            _tokenizer_settings,
             ("tokenizer",),
             _tokenizer_upstream,
         ),
         Stage(
             "tokenize",
             "semrec.tokenizer.ids:run_tokenize",
-            (),
+            _fixed(),
             ("semantic_ids.parquet",),
-            _needs("fit-tokenizer"),
+            _fixed("fit-tokenizer"),
         ),
         Stage(
             "fit-retriever",
             "semrec.retriever.fit:run_fit_retriever",
-            (
-                "retriever", "data.max_seq_len", "project.seed",
-                "-retriever.device", "-retriever.checkpoint_every", "-retriever.compile",
-            ),
+            _retriever_settings,
             ("retriever",),
-            _needs("tokenize", "download"),
+            _fixed("tokenize", "download"),
         ),
         Stage(
             "eval",
             "semrec.evaluate:run_eval",
-            ("eval", "retriever.beam_size", "-eval.batch_size"),
+            _fixed("eval", "-eval.batch_size"),
             ("eval/metrics.json",),
-            _needs("fit-retriever"),
+            _fixed("fit-retriever"),
         ),
     ]
 }

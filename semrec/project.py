@@ -1,15 +1,18 @@
 """The project file `semrec.toml`: find it, load and validate it, write it with every default spelled out."""
 
+import copy
 import dataclasses
 import difflib
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from semrec.errors import SemrecError
-from semrec.settings import PRESETS, Settings
+from semrec.io import atomic_write_text
+from semrec.registry import REGISTRIES
+from semrec.settings import MOVED_KEYS, PRESETS, Settings
 
 PROJECT_FILE = "semrec.toml"
 
@@ -20,6 +23,7 @@ class Project:
 
     path: Path
     settings: Settings
+    notices: list[str] = field(default_factory=list)  # keys read from where they used to be
 
     @property
     def root(self) -> Path:
@@ -45,21 +49,49 @@ def find_project_file(start: Path, explicit: Path | None = None) -> Path:
 
 def load_project(start: Path | None = None, explicit: Path | None = None) -> Project:
     path = find_project_file(start or Path.cwd(), explicit)
-    return Project(path=path, settings=load_settings(path))
+    notices: list[str] = []
+    return Project(path=path, settings=load_settings(path, notices), notices=notices)
 
 
-def load_settings(path: Path) -> Settings:
+def load_settings(path: Path, notices: list[str] | None = None) -> Settings:
+    """The settings of a project file; keys found at an old place are moved, with a line in `notices`."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise SemrecError(f"{path}: malformed TOML: {e}", "fix the line named above") from e
     except UnicodeDecodeError as e:
         raise SemrecError(f"{path}: not UTF-8 text", "save the project file as UTF-8") from e
-    return settings_from_dict(raw, source=str(path))
+    return settings_from_dict(raw, source=str(path), notices=notices)
 
 
-def settings_from_dict(raw: dict, source: str = "settings") -> Settings:
+def settings_from_dict(raw: dict, source: str = "settings", notices: list[str] | None = None) -> Settings:
+    raw = copy.deepcopy(raw)
+    moved = _move_old_keys(raw, source)
+    if notices is not None:
+        notices.extend(moved)
     return _build(Settings, raw, prefix="", source=source)
+
+
+def _move_old_keys(raw: dict, source: str) -> list[str]:
+    """Move every key of `MOVED_KEYS` found at its old place to its new one (in place); say so per key."""
+    notices = []
+    for old, new in MOVED_KEYS.items():
+        *old_tables, old_key = old.split(".")
+        table = raw
+        for name in old_tables:
+            table = table.get(name) if isinstance(table, dict) else None
+        if not isinstance(table, dict) or old_key not in table or isinstance(table[old_key], dict):
+            continue
+        value = table.pop(old_key)
+        *new_tables, new_key = new.split(".")
+        target = raw
+        for name in new_tables:
+            target = target.setdefault(name, {})
+        if new_key in target:
+            raise SemrecError(f"{source}: {old} and {new} are both set", f"{old} moved to {new}: delete the old line")
+        target[new_key] = value
+        notices.append(f"{source}: {old} is now {new}; read from its old place (move it there to silence this)")
+    return notices
 
 
 def preset_settings(preset: str) -> Settings:
@@ -67,7 +99,7 @@ def preset_settings(preset: str) -> Settings:
         raise SemrecError(
             f"unknown preset {preset!r}", f"choose one of: {', '.join(PRESETS)}" + _did_you_mean(preset, PRESETS)
         )
-    overrides = {section: dict(values) for section, values in PRESETS[preset].items()}
+    overrides = copy.deepcopy(PRESETS[preset])
     overrides.setdefault("project", {}).update({"name": preset, "preset": preset})
     return settings_from_dict(overrides, source=f"preset {preset}")
 
@@ -128,6 +160,13 @@ def _check_value(hint, value, f, keypath: str, source: str):
     if hint is str:
         if not isinstance(value, str):
             raise SemrecError(f"{source}: {keypath} = {value!r} must be a string (in quotes)")
+        registry = f.metadata.get("choices")
+        if registry and value not in REGISTRIES[registry]:
+            allowed = REGISTRIES[registry]
+            raise SemrecError(
+                f"{source}: {keypath} = {value!r} is not allowed" + _did_you_mean(value, allowed),
+                f"allowed: {', '.join(repr(a) for a in allowed)}",
+            )
         return value
     if hint is list or origin is list:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else []
@@ -185,8 +224,6 @@ def render_toml(settings: Settings) -> str:
 
 def init_project(preset: str, folder: Path, force: bool = False) -> Path:
     """Write `semrec.toml` for a preset into `folder`; refuse to overwrite unless `force`."""
-    from semrec.io import atomic_write_text
-
     settings = preset_settings(preset)
     path = folder / PROJECT_FILE
     if path.exists() and not force:

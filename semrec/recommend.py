@@ -104,7 +104,7 @@ class Recommender:
             raise SemrecError(f"K = {k}, but only {available} items can be recommended{unseen}",
                               f"ask for at most {available}" + (", or pass --include-seen" if exclude_seen else ""))
         # a wider beam where seen items are dropped, so that k items remain after dropping them
-        beam = min(max(self.ws.settings.retriever.beam_size, k + (len(seen) if exclude_seen else 0)), trained.trie.size)
+        beam = min(max(self.ws.settings.eval.beam_size, k + (len(seen) if exclude_seen else 0)), trained.trie.size)
         window = torch.tensor(items[-trained.model.cfg.max_seq_len:], device=device)[None]  # (1, n)
         history = history_codes(trained.ids.codes.to(device), window)
         with trained.autocast():
@@ -130,15 +130,9 @@ class Recommender:
 
     def _tags(self, items: list[int]) -> dict[int, list[str]]:
         """Each item's tag path (tags.parquet, when there is one), each level as its plain last component."""
-        import polars as pl
-
-        from semrec.tags import tag_columns_in, tag_label
         from semrec.artifacts import TAGS
+        from semrec.tags import tag_label
+        from semrec.tags.table import read_item_tags
 
-        path = self.ws.path(TAGS)
-        if not path.exists():
-            return {}
-        frame = pl.scan_parquet(path)
-        columns = tag_columns_in(frame.collect_schema().names())
-        rows = frame.filter(pl.col("item").is_in(items)).select("item", *columns).collect()
-        return {row[0]: [tag_label(tag) for tag in row[1:] if tag] for row in rows.iter_rows()}
+        found = read_item_tags(self.ws.path(TAGS), items)
+        return {item: [tag_label(tag) for tag in row.tags if tag] for item, row in found.items()}

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
-def setting(default, help: str, *, min: float | None = None, max: float | None = None):
-    """A settings field: its default, the comment written above it, optional numeric bounds."""
-    meta = {"help": help, "min": min, "max": max}
+def setting(default, help: str, *, min: float | None = None, max: float | None = None, choices: str | None = None):
+    """A settings field: its default, the comment written above it, optional numeric bounds, and for a
+    string the name of the registry in `semrec.registry` whose names it must be one of."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -71,7 +72,6 @@ class DataSettings:
     offline: bool = setting(False, "Never use the network: raw files must be in local_dir or the cache.")
     min_interactions: int = setting(5, "Iterative k-core: drop users and items with fewer interactions (0 = keep all).", min=0)
     positive_rating_min: float = setting(0.0, "Ratings below this are not positives (0 = every rating counts, as published).", min=0)
-    max_seq_len: int = setting(20, "Longest history (in items) the retriever reads; 20 for Amazon as published.", min=1)
     demo_items: int = setting(3000, "demo only: number of generated items.", min=64)
     demo_users: int = setting(4000, "demo only: number of generated users.", min=16)
     custom: CustomDataSettings = field(default_factory=CustomDataSettings)
@@ -125,14 +125,32 @@ class TagSettings:
 
 
 @section
-class TokenizerSettings:
-    """The semantic-ID tokenizer."""
+class TrainingSettings:
+    """The shared training block of every trained stage (the loop in semrec/train.py reads it)."""
 
-    kind: Literal["rqvae", "hidvae", "rqkmeans"] = setting(
-        "rqvae", "rqvae (TIGER), hidvae (tag-supervised, arXiv 2508.04618) or rqkmeans (residual k-means, no training)."
+    steps: int = setting(1000, "Training steps (an upper bound: early stopping or max_minutes may end sooner).", min=1)
+    batch_size: int = setting(256, "Examples per step.", min=1)
+    lr: float = setting(1e-3, "Peak learning rate.", min=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay (matrices only).", min=0)
+    schedule: Literal["constant", "cosine", "inverse_sqrt"] = setting("cosine", "Learning-rate schedule after warm-up.")
+    warmup_steps: int = setting(100, "Linear warm-up steps.", min=0)
+    grad_clip: float = setting(1.0, "Clip the gradient norm to this (0 = off).", min=0)
+    checkpoint_every: int = setting(1000, "Save a checkpoint every N steps.", min=1)
+    max_minutes: float = setting(
+        0.0, "Stop after this many minutes of training, keeping the best checkpoint (0 = no limit; --max-minutes overrides).",
+        min=0,
     )
-    levels: int = setting(3, "Code levels per item (before the collision token).", min=1, max=8)
-    codebook_size: int = setting(256, "Codes per level.", min=2)
+
+
+def training(**defaults) -> TrainingSettings:
+    """A `train` sub-table whose defaults suit one stage."""
+    return field(default_factory=lambda: TrainingSettings(**defaults))
+
+
+@section
+class RQVAESettings:
+    """rqvae and hidvae: the autoencoder and its residual quantiser."""
+
     hidden_dims: list = setting([512, 256, 128], "Encoder hidden sizes (the decoder mirrors them).")
     latent_dim: int = setting(32, "Size of the quantised latent.", min=1)
     distance: Literal["l2", "cosine"] = setting("l2", "Distance to the codebook entries.")
@@ -143,31 +161,53 @@ class TokenizerSettings:
     beta: float = setting(0.25, "Commitment weight.", min=0)
     revive_dead_codes: bool = setting(True, "Re-seed codes unused for a while from the current batch.")
     dead_code_steps: int = setting(20, "A code unused for this many training steps counts as dead and is re-seeded.", min=1)
-    steps: int = setting(1000, "Training steps (Beauty: 1000 steps of 1024 items, about 85 epochs).", min=1)
-    batch_size: int = setting(1024, "Items per step.", min=2)
-    lr: float = setting(1e-3, "Peak learning rate.", min=0)
-    weight_decay: float = setting(0.0, "AdamW weight decay.", min=0)
-    schedule: Literal["constant", "cosine", "inverse_sqrt"] = setting("cosine", "Learning-rate schedule after warm-up.")
-    warmup_steps: int = setting(100, "Linear warm-up steps.", min=0)
-    grad_clip: float = setting(1.0, "Clip the gradient norm to this (0 = off).", min=0)
-    checkpoint_every: int = setting(500, "Save a checkpoint every N steps.", min=1)
-    kmeans_iters: int = setting(50, "Iteration cap of k-means (initialisation and rqkmeans).", min=1)
-    balanced: bool = setting(False, "rqkmeans: equal-size clusters (fewer collisions).")
-    tag_weight: float = setting(1.0, "hidvae: weight of the per-level tag classification (focal) loss.", min=0)
-    focal_gamma: float = setting(2.0, "hidvae: focal loss gamma.", min=0)
-    align_weight: float = setting(0.5, "hidvae: weight of the InfoNCE alignment with tag-text embeddings.", min=0)
-    align_temperature: float = setting(0.1, "hidvae: temperature of the InfoNCE alignment.", min=0.001)
-    tag_min_count: int = setting(5, "hidvae: tags seen on fewer items merge into an '(other)' class under their parent.", min=1)
-    unique_weight: float = setting(10.0, "hidvae: weight of the uniqueness loss on colliding items.", min=0)
-    unique_margin: float = setting(0.5, "hidvae: cosine-similarity margin of the uniqueness hinge.", min=-1, max=1)
+
+
+@section
+class HiDVAESettings:
+    """hidvae only: tag supervision and the uniqueness loss (arXiv 2508.04618)."""
+
+    tag_weight: float = setting(1.0, "Weight of the per-level tag classification (focal) loss.", min=0)
+    focal_gamma: float = setting(2.0, "Focal loss gamma.", min=0)
+    align_weight: float = setting(0.5, "Weight of the InfoNCE alignment with tag-text embeddings.", min=0)
+    align_temperature: float = setting(0.1, "Temperature of the InfoNCE alignment.", min=0.001)
+    tag_min_count: int = setting(5, "Tags seen on fewer items merge into an '(other)' class under their parent.", min=1)
+    unique_weight: float = setting(10.0, "Weight of the uniqueness loss on colliding items.", min=0)
+    unique_margin: float = setting(0.5, "Cosine-similarity margin of the uniqueness hinge.", min=-1, max=1)
+
+
+@section
+class RQKMeansSettings:
+    """rqkmeans only: residual k-means, no training."""
+
+    balanced: bool = setting(False, "Equal-size clusters (fewer collisions).")
+
+
+@section
+class TokenizerSettings:
+    """The semantic-ID tokenizer. Each kind reads [tokenizer] and its own sub-tables (see `semrec.registry`)."""
+
+    kind: str = setting(
+        "rqvae", "rqvae (TIGER), hidvae (tag-supervised, arXiv 2508.04618) or rqkmeans (residual k-means, no training).",
+        choices="tokenizers",
+    )
+    levels: int = setting(3, "Code levels per item (before the collision token).", min=1, max=8)
+    codebook_size: int = setting(256, "Codes per level.", min=2)
+    kmeans_iters: int = setting(50, "Iteration cap of k-means (codebook initialisation and rqkmeans).", min=1)
     device: str = setting("auto", "auto, cpu, cuda, ...")
+    train: TrainingSettings = training(steps=1000, batch_size=1024, checkpoint_every=500)
+    rqvae: RQVAESettings = field(default_factory=RQVAESettings)
+    hidvae: HiDVAESettings = field(default_factory=HiDVAESettings)
+    rqkmeans: RQKMeansSettings = field(default_factory=RQKMeansSettings)
 
 
 @section
 class RetrieverSettings:
-    """The generative retriever over semantic-ID sequences."""
+    """The generative retriever over semantic-ID sequences (decoding settings are in [eval])."""
 
-    arch: Literal["encoder-decoder", "decoder-only"] = setting("encoder-decoder", "TIGER's encoder-decoder, or one causal stack.")
+    arch: str = setting("encoder-decoder", "TIGER's encoder-decoder, or one causal stack (decoder-only).",
+                        choices="architectures")
+    max_seq_len: int = setting(20, "Longest history (in items) the retriever reads; 20 for Amazon as published.", min=1)
     d_model: int = setting(128, "Model width.", min=8)
     heads: int = setting(6, "Attention heads.", min=1)
     head_dim: int = setting(64, "Size of each head (T5 style: heads * head_dim need not equal d_model).", min=4)
@@ -176,28 +216,22 @@ class RetrieverSettings:
     ff_dim: int = setting(1024, "Feed-forward width.", min=8)
     dropout: float = setting(0.1, "Dropout.", min=0, max=0.9)
     user_bins: int = setting(2000, "User-id hash buckets (0 = no user token).", min=0)
-    steps: int = setting(20000, "Training steps (upper bound; early stopping may end sooner).", min=1)
-    batch_size: int = setting(256, "Training examples per step.", min=1)
-    lr: float = setting(1e-3, "Peak learning rate.", min=0)
-    weight_decay: float = setting(0.035, "AdamW weight decay.", min=0)
-    schedule: Literal["constant", "cosine", "inverse_sqrt"] = setting("cosine", "Learning-rate schedule after warm-up.")
-    warmup_steps: int = setting(500, "Linear warm-up steps.", min=0)
-    grad_clip: float = setting(1.0, "Clip the gradient norm to this (0 = off).", min=0)
     eval_every: int = setting(1000, "Validate (Recall@10, NDCG@10 on the validation targets) every N steps.", min=1)
     patience: int = setting(5, "Stop after this many validations without improvement (0 = never).", min=0)
-    checkpoint_every: int = setting(1000, "Save a checkpoint every N steps.", min=1)
     valid_users: int = setting(0, "Validate on this many users, a fixed sample (0 = all).", min=0)
-    beam_size: int = setting(20, "Beam width of the constrained beam search.", min=1)
+    valid_beam_size: int = setting(20, "Beam width of the validation that selects the checkpoint.", min=10)
     compile: bool = setting(False, "torch.compile the model on CUDA.")
     device: str = setting("auto", "auto, cpu, cuda, ...")
+    train: TrainingSettings = training(steps=20000, batch_size=256, weight_decay=0.035, warmup_steps=500)
 
 
 @section
 class EvalSettings:
-    """Evaluation."""
+    """Evaluation and decoding (also what `semrec recommend` decodes with): changing these never retrains."""
 
     ks: list = setting([5, 10], "Cut-offs K of Recall@K and NDCG@K.")
     split: Literal["test", "valid"] = setting("test", "Targets to evaluate on; the test targets are read only here.")
+    beam_size: int = setting(20, "Beam width of the constrained beam search.", min=1)
     batch_size: int = setting(256, "Users decoded at once.", min=1)
 
 
@@ -216,20 +250,37 @@ class Settings:
 
 PRESETS: dict[str, dict] = {
     "demo": {
-        "data": {"dataset": "demo", "max_seq_len": 20, "min_interactions": 0},
-        "tokenizer": {"codebook_size": 64, "steps": 1500, "batch_size": 512},
+        "data": {"dataset": "demo", "min_interactions": 0},
+        "tokenizer": {"codebook_size": 64, "train": {"steps": 1500, "batch_size": 512}},
         # small and without dropout, to train in a few minutes on a laptop CPU (Recall@10 far above popularity)
         "retriever": {
-            "steps": 300, "eval_every": 100, "warmup_steps": 50, "user_bins": 0, "d_model": 64, "dropout": 0.0,
-            "encoder_layers": 2, "decoder_layers": 2, "heads": 4, "head_dim": 16, "ff_dim": 256,
-            "batch_size": 256, "valid_users": 500, "lr": 3e-3, "checkpoint_every": 100,
+            "max_seq_len": 20, "eval_every": 100, "user_bins": 0, "d_model": 64, "dropout": 0.0,
+            "encoder_layers": 2, "decoder_layers": 2, "heads": 4, "head_dim": 16, "ff_dim": 256, "valid_users": 500,
+            "train": {"steps": 300, "warmup_steps": 50, "batch_size": 256, "lr": 3e-3, "checkpoint_every": 100},
         },
     },
     "beauty": {"data": {"dataset": "amazon", "variant": "beauty", "source_format": "p5"}},
     "sports": {"data": {"dataset": "amazon", "variant": "sports"}},
     "toys": {"data": {"dataset": "amazon", "variant": "toys"}},
-    "ml-1m": {"data": {"dataset": "movielens", "variant": "1m", "max_seq_len": 200}},
-    "ml-32m": {"data": {"dataset": "movielens", "variant": "32m", "max_seq_len": 200}},
-    "kuairand": {"data": {"dataset": "kuairand", "variant": "pure", "max_seq_len": 50}},
+    "ml-1m": {"data": {"dataset": "movielens", "variant": "1m"}, "retriever": {"max_seq_len": 200}},
+    "ml-32m": {"data": {"dataset": "movielens", "variant": "32m"}, "retriever": {"max_seq_len": 200}},
+    "kuairand": {"data": {"dataset": "kuairand", "variant": "pure"}, "retriever": {"max_seq_len": 50}},
     "custom": {"data": {"dataset": "custom", "min_interactions": 0}},
 }
+
+_TRAINING_KEYS = ("steps", "batch_size", "lr", "weight_decay", "schedule", "warmup_steps", "grad_clip", "checkpoint_every")
+MOVED_KEYS: dict[str, str] = {
+    "data.max_seq_len": "retriever.max_seq_len",
+    "retriever.beam_size": "eval.beam_size",
+    **{f"tokenizer.{key}": f"tokenizer.train.{key}" for key in _TRAINING_KEYS},
+    **{f"retriever.{key}": f"retriever.train.{key}" for key in _TRAINING_KEYS},
+    **{f"tokenizer.{key}": f"tokenizer.rqvae.{key}" for key in (
+        "hidden_dims", "latent_dim", "distance", "grad_mode", "gumbel_temperature", "beta", "revive_dead_codes",
+        "dead_code_steps")},
+    **{f"tokenizer.{key}": f"tokenizer.hidvae.{key}" for key in (
+        "tag_weight", "focal_gamma", "align_weight", "align_temperature", "tag_min_count", "unique_weight",
+        "unique_margin")},
+    "tokenizer.balanced": "tokenizer.rqkmeans.balanced",
+}
+"""Keys that moved (old place -> new place). Project files written before still load: the value is
+read from its old place with a one-line notice naming the new one."""

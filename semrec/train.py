@@ -45,6 +45,15 @@ class TrainConfig:
     max_seconds: float = 0.0  # stop (validating and checkpointing first) after this much training time; 0: no limit
     description: str = "training"
 
+    @classmethod
+    def from_settings(cls, block, **rest) -> "TrainConfig":
+        """From a settings `train` block (semrec.settings.TrainingSettings); `rest` sets the other fields."""
+        return cls(
+            steps=block.steps, lr=block.lr, weight_decay=block.weight_decay, warmup_steps=block.warmup_steps,
+            schedule=block.schedule, grad_clip=block.grad_clip, checkpoint_every=block.checkpoint_every,
+            max_seconds=block.max_minutes * 60, **rest,
+        )
+
 
 @dataclass
 class TrainResult:

@@ -6,7 +6,6 @@ upstream artifacts, *stale* when something it read has changed, *missing* when i
 was interrupted: a record is dropped before a stage starts and written only once it finished).
 """
 
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -17,7 +16,7 @@ from pathlib import Path
 from semrec.artifacts import MANIFEST
 from semrec.errors import SemrecError
 from semrec.io import atomic_write_json
-from semrec.pipeline import STAGES, Stage
+from semrec.pipeline import STAGES, Stage, select_settings
 from semrec.project import Project
 from semrec.report import Reporter
 
@@ -37,12 +36,6 @@ def digest_files(paths: list[Path]) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:16]
-
-
-def _lookup(settings, key: str):
-    for part in key.split("."):
-        settings = getattr(settings, part)
-    return settings
 
 
 def _size(path: Path) -> int:
@@ -95,19 +88,7 @@ class Workspace:
         atomic_write_json(self.path(MANIFEST), manifest)
 
     def settings_digest(self, stage: Stage) -> str:
-        chosen = {}
-        for key in stage.settings:
-            if not key.startswith("-"):
-                value = _lookup(self.settings, key)
-                chosen[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-        for key in stage.settings:
-            if key.startswith("-"):
-                section, *inner, last = key[1:].split(".")
-                table = chosen.get(section, {})
-                for part in inner:
-                    table = table.get(part, {})
-                table.pop(last, None)
-        return digest_json(chosen)
+        return digest_json(select_settings(self.settings, stage.settings(self.settings)))
 
     def state(self, name: str, _manifest: dict | None = None) -> StageState:
         manifest = self.manifest() if _manifest is None else _manifest
@@ -145,15 +126,20 @@ class Workspace:
     def ensure(self, name: str, force: bool = False, options: dict | None = None) -> dict:
         """Run what `name` needs upstream (saying why), then `name` itself unless it is up to date."""
         for up in upstream_order(name, self.settings):
-            state = self.state(up)
-            if state.state != "done":
-                self.reporter.info(f"{up}: {state.state} ({state.reason}); running it first")
-                self._run(up, fresh=False, options={})
+            self.require(up)
         state = self.state(name)
         if state.state == "done" and not force:
             self.reporter.info(f"{name}: up to date, skipped (--force reruns it)")
             return state.record.get("figures", {})
         return self._run(name, fresh=force, options=options or {})
+
+    def require(self, name: str) -> None:
+        """Make `name` and everything upstream of it up to date, running only what is missing or stale."""
+        for stage in [*upstream_order(name, self.settings), name]:
+            state = self.state(stage)
+            if state.state != "done":
+                self.reporter.info(f"{stage}: {state.state} ({state.reason}); running it first")
+                self._run(stage, fresh=False, options={})
 
     def _run(self, name: str, fresh: bool, options: dict) -> dict:
         stage = STAGES[name]

@@ -30,24 +30,24 @@ def shared_datasets() -> Path:
     return SHARED_DATASETS
 
 
+def workspace_at(root: Path, preset: str = "demo", **overrides) -> Workspace:
+    """A Workspace in `root` with a preset's settings and {"section.key": value} overrides, recording messages."""
+    settings = preset_settings(preset)
+    for key, value in overrides.items():
+        obj = settings
+        *parents, last = key.split(".")
+        for part in parents:
+            obj = getattr(obj, part)
+        setattr(obj, last, value)
+    root.mkdir(parents=True, exist_ok=True)
+    return Workspace(Project(path=root / "semrec.toml", settings=settings), RecordingReporter())
+
+
 @pytest.fixture
 def make_workspace(tmp_path):
-    """make_workspace(preset, **{"section.key": value}) -> a Workspace in its own folder, recording messages."""
+    """make_workspace(preset, **{"section.key": value}) -> a Workspace in its own folder."""
     counter = iter(range(1000))
-
-    def make(preset: str = "demo", **overrides) -> Workspace:
-        settings = preset_settings(preset)
-        for key, value in overrides.items():
-            obj = settings
-            *parents, last = key.replace("__", ".").split(".")
-            for part in parents:
-                obj = getattr(obj, part)
-            setattr(obj, last, value)
-        root = tmp_path / f"ws{next(counter)}"
-        root.mkdir()
-        return Workspace(Project(path=root / "semrec.toml", settings=settings), RecordingReporter())
-
-    return make
+    return lambda preset="demo", **overrides: workspace_at(tmp_path / f"ws{next(counter)}", preset, **overrides)
 
 
 def fake_encode(settings, texts, reporter=None, *, normalize=None):

@@ -5,7 +5,7 @@ import torch
 
 from semrec.errors import SemrecError
 from semrec.retriever.beam import ItemTrie, beam_search
-from semrec.retriever.model import Batch, Retriever, RetrieverConfig
+from semrec.retriever.model import Batch, Retriever, RetrieverConfig, build_retriever
 
 ARCHS = ["encoder-decoder", "decoder-only"]
 
@@ -27,7 +27,7 @@ def tiny_model(arch: str, ids: torch.Tensor, size: int = 4) -> Retriever:
     cfg = RetrieverConfig(arch=arch, levels=ids.shape[1] - 1, codebook_size=size,
                           collision_size=int(ids[:, -1].max()) + 1, user_bins=3, max_seq_len=3, d_model=16, heads=2,
                           head_dim=8, encoder_layers=1, decoder_layers=1, ff_dim=32, dropout=0.0)
-    model = Retriever(cfg).eval()
+    model = build_retriever(cfg).eval()
     with torch.no_grad():  # sharper than the initialisation, so that the ranking is not a near tie
         model.head.weight.mul_(40)
     return model

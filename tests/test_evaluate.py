@@ -16,7 +16,9 @@ import torch
 from typer.testing import CliRunner
 
 from semrec.cli import app
-from semrec.evaluate import hit_ranks, ndcg_at_k, popularity_ranking, recall_at_k, run_eval
+from semrec.baselines.popularity import popularity_ranking
+from semrec.evaluate import run_eval
+from semrec.metrics import hit_ranks, ndcg_at_k, recall_at_k
 from semrec.pipeline import STAGES
 from semrec.project import render_toml
 from semrec.retriever.fit import run_fit_retriever
@@ -26,11 +28,11 @@ from semrec.workspace import StageRun
 
 CODEBOOK = 16
 TINY = {
-    "data.demo_items": 300, "data.demo_users": 400, "data.max_seq_len": 8,
+    "data.demo_items": 300, "data.demo_users": 400, "retriever.max_seq_len": 8,
     "retriever.d_model": 32, "retriever.heads": 2, "retriever.head_dim": 16, "retriever.ff_dim": 64,
     "retriever.encoder_layers": 1, "retriever.decoder_layers": 1, "retriever.dropout": 0.0,
-    "retriever.steps": 120, "retriever.eval_every": 40, "retriever.warmup_steps": 10, "retriever.batch_size": 64,
-    "retriever.lr": 0.005, "retriever.valid_users": 0, "retriever.checkpoint_every": 40, "retriever.device": "cpu",
+    "retriever.train.steps": 120, "retriever.eval_every": 40, "retriever.train.warmup_steps": 10, "retriever.train.batch_size": 64,
+    "retriever.train.lr": 0.005, "retriever.valid_users": 0, "retriever.train.checkpoint_every": 40, "retriever.device": "cpu",
 }
 
 
@@ -124,7 +126,7 @@ def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch):
 
     from semrec.retriever.data import Batches
 
-    settings = {"retriever.steps": 30, "retriever.eval_every": 10, "retriever.checkpoint_every": 10}
+    settings = {"retriever.train.steps": 30, "retriever.eval_every": 10, "retriever.train.checkpoint_every": 10}
     straight = prepared_workspace(make_workspace, **settings)
     run_fit_retriever(straight, StageRun("fit-retriever", "fp"))
 
@@ -156,7 +158,7 @@ def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch):
 @pytest.mark.parametrize("split", ["test", "valid"])
 def test_eval_json_has_the_documented_shape(make_workspace, monkeypatch, split):
     use_synthetic_tokenizer(monkeypatch)
-    ws = make_workspace("demo", **{**TINY, "retriever.steps": 40})
+    ws = make_workspace("demo", **{**TINY, "retriever.train.steps": 40})
     ws.project.path.write_text(render_toml(ws.settings))
     result = CliRunner().invoke(app, ["--project", str(ws.root), "eval", "--split", split, "--json"])
     assert result.exit_code == 0, result.output

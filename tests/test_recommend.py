@@ -10,38 +10,35 @@ from typer.testing import CliRunner
 
 from semrec.cli import app
 from semrec.errors import SemrecError
-from semrec.project import Project, load_project, preset_settings
+from semrec.project import load_project, render_toml
 from semrec.recommend import Recommender
 from semrec.report import RecordingReporter
-from semrec.retriever.fit import run_fit_retriever
 from semrec.artifacts import INTERACTIONS, ITEMS, SEMANTIC_IDS
 from semrec.io import write_parquet
-from semrec.workspace import StageRun, Workspace
-from test_evaluate import TINY, prepared_workspace
+from semrec.workspace import Workspace
+from conftest import workspace_at
+from test_evaluate import TINY, use_synthetic_tokenizer
 
-FAST = {**TINY, "retriever.steps": 40, "retriever.user_bins": 50}
+FAST = {**TINY, "retriever.train.steps": 40, "retriever.user_bins": 50}
 
 
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory) -> Path:
-    """One small demo workspace with a trained retriever, built once for this module."""
+    """One small demo workspace with a trained retriever (synthetic IDs), built once for this module
+    through the stage runner, so its manifest is what a command would have left."""
     root = tmp_path_factory.mktemp("trained")
-
-    def make(preset, **overrides):
-        settings = preset_settings(preset)
-        for key, value in overrides.items():
-            section, name = key.split(".")
-            setattr(getattr(settings, section), name, value)
-        return Workspace(Project(path=root / "semrec.toml", settings=settings), RecordingReporter())
-
-    ws = prepared_workspace(make, **FAST)
-    run_fit_retriever(ws, StageRun("fit-retriever", "fp"))
+    with pytest.MonkeyPatch.context() as patch:
+        use_synthetic_tokenizer(patch)
+        ws = workspace_at(root, "demo", **FAST)
+        ws.project.path.write_text(render_toml(ws.settings))
+        ws.ensure("fit-retriever")
     return root
 
 
 @pytest.fixture
-def trained(trained_once, tmp_path) -> Workspace:
-    """A copy of the trained workspace that a test may change."""
+def trained(trained_once, tmp_path, monkeypatch) -> Workspace:
+    """A copy of the trained workspace that a test may change (the synthetic tokenizer stages in place)."""
+    use_synthetic_tokenizer(monkeypatch)
     root = tmp_path / "copy"
     shutil.copytree(trained_once, root)
     return Workspace(load_project(explicit=root), RecordingReporter())
@@ -146,3 +143,19 @@ def test_cold_start_items_are_recommendable_without_retraining(trained):
     assert recommender.trained.trie.size == n + 1  # the first new item can be generated, the second cannot
     answer = recommender.for_history(["NEW1", "NEW2"], k=3)
     assert len(answer["items"]) == 3
+
+
+def test_recommend_runs_missing_stages_first_and_decoding_settings_never_retrain(trained):
+    cli = ["--project", str(trained.root)]
+    (trained.root / "eval").mkdir(exist_ok=True)
+    shutil.rmtree(trained.path("retriever"))
+    result = CliRunner().invoke(app, [*cli, "recommend", "--user", "U00007", "--k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "fit-retriever: missing" in result.stderr and len(json.loads(result.stdout)["items"]) == 3
+    text = trained.project.path.read_text()
+    trained.project.path.write_text(text.replace("\nbeam_size = 20", "\nbeam_size = 40").replace("ks = [5, 10]", "ks = [1, 10]"))
+    status = CliRunner().invoke(app, [*cli, "status", "--json"])
+    states = {row["stage"]: row["state"] for row in json.loads(status.stdout)["stages"]}
+    assert states["fit-retriever"] == "done"
+    result = CliRunner().invoke(app, [*cli, "recommend", "--user", "U00007", "--k", "3", "--json"])
+    assert result.exit_code == 0 and "running it first" not in result.stderr

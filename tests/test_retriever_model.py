@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from semrec.errors import SemrecError
-from semrec.retriever.model import Batch, Dropout, Retriever, RetrieverConfig
+from semrec.retriever.model import Batch, Dropout, Retriever, RetrieverConfig, build_retriever
 
 ARCHS = ["encoder-decoder", "decoder-only"]
 
@@ -33,7 +33,7 @@ def random_batch(cfg: RetrieverConfig, b: int = 5, n: int = 4, seed: int = 0) ->
 def test_decoding_steps_equal_teacher_forced_logits(arch, beams):
     torch.manual_seed(0)
     cfg = tiny_config(arch)
-    model = Retriever(cfg).eval()
+    model = build_retriever(cfg).eval()
     batch = random_batch(cfg)
     with torch.no_grad():
         logits = model(batch).logits
@@ -49,7 +49,7 @@ def test_decoding_steps_equal_teacher_forced_logits(arch, beams):
 def test_padding_does_not_change_the_prediction(arch):
     torch.manual_seed(0)
     cfg = tiny_config(arch)
-    model = Retriever(cfg).eval()
+    model = build_retriever(cfg).eval()
     batch = random_batch(cfg, b=2, n=2)
     padded = Batch(torch.cat([torch.full((2, 2, cfg.positions), -1), batch.history], 1), batch.user, batch.target)
     with torch.no_grad():
@@ -59,17 +59,17 @@ def test_padding_does_not_change_the_prediction(arch):
 
 def test_user_token_changes_the_prediction_only_when_enabled():
     torch.manual_seed(0)
-    model = Retriever(tiny_config("encoder-decoder")).eval()
+    model = build_retriever(tiny_config("encoder-decoder")).eval()
     batch = random_batch(model.cfg, b=2)
     other = Batch(batch.history, (batch.user + 1) % model.cfg.user_bins, batch.target)
     with torch.no_grad():
         assert not torch.allclose(model(batch).logits[0], model(other).logits[0])
-    assert Retriever(tiny_config("encoder-decoder", user_bins=0)).tokens.num_embeddings == 3 + 3 * 5 + 3
+    assert build_retriever(tiny_config("encoder-decoder", user_bins=0)).tokens.num_embeddings == 3 + 3 * 5 + 3
 
 
 def test_training_loss_is_cross_entropy_over_each_positions_own_tokens():
     cfg = tiny_config("decoder-only")
-    model = Retriever(cfg).eval()
+    model = build_retriever(cfg).eval()
     with torch.no_grad():
         out = model(random_batch(cfg))
     assert [lg.shape[1] for lg in out.logits] == [5, 5, 5, 3]
@@ -80,15 +80,15 @@ def test_training_loss_is_cross_entropy_over_each_positions_own_tokens():
 
 def test_decoder_only_has_a_comparable_parameter_count_at_the_published_size():
     sizes = dict(levels=3, codebook_size=256, collision_size=10, user_bins=2000, max_seq_len=20)
-    enc_dec = Retriever(RetrieverConfig(arch="encoder-decoder", **sizes)).num_params()
-    dec = Retriever(RetrieverConfig(arch="decoder-only", **sizes)).num_params()
+    enc_dec = build_retriever(RetrieverConfig(arch="encoder-decoder", **sizes)).num_params()
+    dec = build_retriever(RetrieverConfig(arch="decoder-only", **sizes)).num_params()
     assert 0.75 < dec / enc_dec < 1.0
 
 
 def test_checkpoint_rebuilds_the_model(tmp_path):
     torch.manual_seed(0)
     cfg = tiny_config("encoder-decoder")
-    model = Retriever(cfg).eval()
+    model = build_retriever(cfg).eval()
     model.save(tmp_path / "m.safetensors", {"steps": 3})
     loaded = Retriever.load(tmp_path / "m.safetensors")
     assert loaded.cfg == cfg
@@ -99,7 +99,7 @@ def test_checkpoint_rebuilds_the_model(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("arch", "decoder-only"), ("collision_size", 4), ("codebook_size", 6)])
 def test_loading_under_another_architecture_or_vocabulary_is_a_clear_error(tmp_path, key, value):
-    Retriever(tiny_config("encoder-decoder")).save(tmp_path / "m.safetensors")
+    build_retriever(tiny_config("encoder-decoder")).save(tmp_path / "m.safetensors")
     with pytest.raises(SemrecError, match=f"trained with {key} = ") as info:
         Retriever.load(tmp_path / "m.safetensors", expect={key: value})
     assert "semrec fit-retriever" in str(info.value)

@@ -23,12 +23,12 @@ SMALL = {
     "data.demo_users": 400,
     "tokenizer.levels": 3,
     "tokenizer.codebook_size": 16,
-    "tokenizer.hidden_dims": [64],
-    "tokenizer.latent_dim": 8,
-    "tokenizer.steps": 60,
-    "tokenizer.batch_size": 128,
-    "tokenizer.warmup_steps": 5,
-    "tokenizer.checkpoint_every": 20,
+    "tokenizer.rqvae.hidden_dims": [64],
+    "tokenizer.rqvae.latent_dim": 8,
+    "tokenizer.train.steps": 60,
+    "tokenizer.train.batch_size": 128,
+    "tokenizer.train.warmup_steps": 5,
+    "tokenizer.train.checkpoint_every": 20,
     "tokenizer.kmeans_iters": 10,
     "tokenizer.device": "cpu",
     "embed.device": "cpu",
@@ -68,7 +68,7 @@ def fitted(ws) -> dict:
 
 @pytest.mark.parametrize("kind", ["rqvae", "hidvae", "rqkmeans"])
 def test_fit_writes_model_config_and_metrics_without_collapse(small_workspace, kind):
-    ws = small_workspace(kind, **{"tokenizer.steps": 200 if kind == "hidvae" else 60})
+    ws = small_workspace(kind, **{"tokenizer.train.steps": 200 if kind == "hidvae" else 60})
     figures = fitted(ws)
     folder = ws.path(TOKENIZER)
     config = json.loads((folder / "config.json").read_text())
@@ -112,10 +112,10 @@ def test_same_seed_gives_same_ids_also_after_save_and_load(small_workspace, kind
 
 @pytest.mark.parametrize("grad_mode", ["rotation", "gumbel"])
 def test_resume_matches_uninterrupted_run(small_workspace, monkeypatch, grad_mode):
-    straight = small_workspace("rqvae", **{"tokenizer.grad_mode": grad_mode})
+    straight = small_workspace("rqvae", **{"tokenizer.rqvae.grad_mode": grad_mode})
     fitted(straight)
 
-    ws = small_workspace("rqvae", **{"tokenizer.grad_mode": grad_mode})
+    ws = small_workspace("rqvae", **{"tokenizer.rqvae.grad_mode": grad_mode})
     ws.ensure("embed")
     original_batch = fit.TokenizerTask.batch
 

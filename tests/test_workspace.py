@@ -32,9 +32,9 @@ def stage_c(ws, run):
 @pytest.fixture
 def chain(monkeypatch):
     stages = {
-        "a": Stage("a", f"{__name__}:stage_a", ("embed",), ("a.txt",), lambda s: ()),
-        "b": Stage("b", f"{__name__}:stage_b", ("tag", "-tag.min_count"), ("b.txt",), lambda s: ("a",)),
-        "c": Stage("c", f"{__name__}:stage_c", ("eval",), ("c.txt",), lambda s: ("b",)),
+        "a": Stage("a", f"{__name__}:stage_a", lambda s: ("embed",), ("a.txt",), lambda s: ()),
+        "b": Stage("b", f"{__name__}:stage_b", lambda s: ("tag", "-tag.min_count"), ("b.txt",), lambda s: ("a",)),
+        "c": Stage("c", f"{__name__}:stage_c", lambda s: ("eval",), ("c.txt",), lambda s: ("b",)),
     }
     monkeypatch.setattr(workspace_module, "STAGES", stages)
     CALLS.clear()

@@ -58,7 +58,7 @@ def check_request(k: int, beam_size: int, catalogue: int) -> None:
                           f"ask for at most {catalogue}")
     if beam_size < k:
         raise SemrecError(f"the beam ({beam_size}) is smaller than K = {k}: beam search keeps only {beam_size} items",
-                          f"set retriever.beam_size to at least {k}")
+                          f"set eval.beam_size to at least {k}")
 
 
 @torch.no_grad()

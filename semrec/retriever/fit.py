@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from semrec.errors import SemrecError
-from semrec.evaluate import rank_users, ranking_metrics
+from semrec.metrics import ranking_metrics
 from semrec.retriever.beam import ItemTrie
 from semrec.retriever.data import Batches, SemanticIds, read_semantic_ids, read_sequences
-from semrec.retriever.model import Retriever, RetrieverConfig
+from semrec.retriever.model import Retriever, RetrieverConfig, build_retriever
+from semrec.retriever.rank import rank_users
 from semrec.device import autocast, resolve_device
 from semrec.train import TrainConfig, epoch_indices, train
 from semrec.artifacts import INTERACTIONS, RETRIEVER, SEMANTIC_IDS, SPLITS, TOKENIZER
@@ -62,20 +63,10 @@ class RetrieverTask:
             batch = self.batches.evaluation(self.valid_histories[part], self.valid_rows[part], self.valid_targets[part])
             total += float(self.model(batch).loss) * len(batch.target)
         ranked = rank_users(self.model, self.trie, self.batches, self.valid_histories, self.valid_rows, k=VALID_K,
-                            beam_size=max(self.beam_size, VALID_K), batch_size=self.eval_batch_size)
+                            beam_size=self.beam_size, batch_size=self.eval_batch_size)
         metrics = ranking_metrics(ranked, self.valid_targets, [VALID_K])
         self.valid_seconds += time.perf_counter() - started
         return {"score": metrics[f"ndcg@{VALID_K}"], **metrics, "loss": total / len(self.valid_rows)}
-
-
-def model_config(ws, ids: SemanticIds) -> RetrieverConfig:
-    s = ws.settings.retriever
-    return RetrieverConfig(
-        arch=s.arch, levels=ids.levels, codebook_size=ids.codebook_size, collision_size=ids.collision_size,
-        user_bins=s.user_bins, max_seq_len=ws.settings.data.max_seq_len, d_model=s.d_model, heads=s.heads,
-        head_dim=s.head_dim, encoder_layers=s.encoder_layers, decoder_layers=s.decoder_layers, ff_dim=s.ff_dim,
-        dropout=s.dropout,
-    )
 
 
 def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
@@ -84,25 +75,26 @@ def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
     seed = ws.settings.project.seed
     torch.manual_seed(seed)
     ids = read_semantic_ids(ws.path(SEMANTIC_IDS), ws.path(TOKENIZER))
-    sequences = read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), s.user_bins, ws.settings.data.max_seq_len)
+    sequences = read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), s.user_bins, s.max_seq_len)
     largest = int(torch.cat([sequences.flat, sequences.valid, sequences.test]).max())
     if largest >= len(ids.codes):
         raise SemrecError(f"item {largest} of {ws.path(SPLITS)} has no semantic ID in {ws.path(SEMANTIC_IDS)}",
                           "run `semrec tokenize --force`")
-    config = model_config(ws, ids)
-    model = Retriever(config).to(device)
+    config = RetrieverConfig.from_settings(s, ids)
+    model = build_retriever(config).to(device)
     compiled = s.compile and device.type == "cuda"
     # on a GPU one large batch is fastest (fixed shapes when compiled); on a CPU, less padding is
     batches = Batches(ids, sequences, device, seed, pieces=1 if device.type == "cuda" else 4, trim=not compiled)
     trie = ItemTrie(ids.codes, torch.arange(len(ids.codes)), config.level_sizes, device)
-    task = RetrieverTask(model, batches, trie, s.batch_size, seed, s.beam_size, s.valid_users, ws.settings.eval.batch_size)
+    task = RetrieverTask(model, batches, trie, s.train.batch_size, seed, s.valid_beam_size, s.valid_users,
+                         ws.settings.eval.batch_size)
     if compiled:
         model.compile()
     return task, ids
 
 
 def run_fit_retriever(ws, run) -> dict:
-    """Train; `run.options["max_seconds"]` (scripts) bounds the training time."""
+    """Train within retriever.train (steps, and max_minutes as a time bound); write retriever/."""
     s = ws.settings.retriever
     device = resolve_device(s.device)
     task, ids = build_task(ws, device)
@@ -114,10 +106,8 @@ def run_fit_retriever(ws, run) -> dict:
     started = time.perf_counter()
     result = train(
         task,
-        TrainConfig(
-            steps=s.steps, lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup_steps, schedule=s.schedule,
-            grad_clip=s.grad_clip, checkpoint_every=s.checkpoint_every, eval_every=s.eval_every, patience=s.patience,
-            seed=ws.settings.project.seed, device=str(device), max_seconds=float(run.options.get("max_seconds", 0)),
+        TrainConfig.from_settings(
+            s.train, eval_every=s.eval_every, patience=s.patience, seed=ws.settings.project.seed, device=str(device),
             description="fit-retriever",
         ),
         ws.path(RETRIEVER) / "checkpoints", run.fingerprint, ws.reporter,

@@ -18,11 +18,14 @@ rather than T5's relative bias: the sequence has an exact two-level structure (i
 two tiny tables express directly, recency counted from the end does not depend on the history's
 length, and with no additive bias the attention stays on PyTorch's fused SDPA kernels.
 
-Two architectures (`arch`):
-- "encoder-decoder" (TIGER): the encoder reads the user token and the history, the decoder
-  generates the next item's L+1 tokens with cross-attention to the encoder.
-- "decoder-only": one causal stack over [user, history, BOS, target]; its encoder_layers +
-  decoder_layers blocks give a parameter count comparable to the encoder-decoder.
+The architectures are registered in `semrec.registry.ARCHITECTURES`, one module each, as subclasses
+of `Retriever` that implement `forward`, `start` and `step_logits` (all that beam.py uses):
+- "encoder-decoder" (TIGER, encoder_decoder.py): the encoder reads the user token and the history,
+  the decoder generates the next item's L+1 tokens with cross-attention to the encoder.
+- "decoder-only" (decoder_only.py): one causal stack over [user, history, BOS, target]; its
+  encoder_layers + decoder_layers blocks give a parameter count comparable to the encoder-decoder.
+This module holds what they share: the config, the embeddings, attention blocks, the output head,
+saving and loading.
 
 Decoding (`start` then `step_logits`, used by beam.py) computes the history once per user: the
 encoder memory's cross-attention keys and values, or the decoder-only stack's per-layer keys and
@@ -41,10 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semrec.errors import SemrecError
+from semrec.registry import ARCHITECTURES
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = 3
-ARCHS = ("encoder-decoder", "decoder-only")
 
 
 @dataclass
@@ -64,10 +67,18 @@ class RetrieverConfig:
     dropout: float = 0.1
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.arch == "encoder-decoder" and self.encoder_layers < 1:
-            raise ValueError("the encoder-decoder needs at least one encoder layer")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {tuple(ARCHITECTURES)}, got {self.arch!r}")
+
+    @classmethod
+    def from_settings(cls, settings, ids) -> "RetrieverConfig":
+        """The model config of the [retriever] settings for these semantic IDs (semrec.retriever.data.SemanticIds)."""
+        return cls(
+            arch=settings.arch, levels=ids.levels, codebook_size=ids.codebook_size, collision_size=ids.collision_size,
+            user_bins=settings.user_bins, max_seq_len=settings.max_seq_len, d_model=settings.d_model,
+            heads=settings.heads, head_dim=settings.head_dim, encoder_layers=settings.encoder_layers,
+            decoder_layers=settings.decoder_layers, ff_dim=settings.ff_dim, dropout=settings.dropout,
+        )
 
     @property
     def positions(self) -> int:
@@ -235,6 +246,11 @@ class Block(nn.Module):
 
 
 class Retriever(nn.Module):
+    """What every architecture shares; a subclass adds its layers and the three methods beam.py uses.
+
+    Build one from a config with `build_retriever(cfg)`, which picks the class of `cfg.arch`.
+    """
+
     def __init__(self, cfg: RetrieverConfig):
         super().__init__()
         self.cfg = cfg
@@ -243,14 +259,7 @@ class Retriever(nn.Module):
         self.slot = nn.Embedding(cfg.positions + 1, d)  # 0..L in an item, L+1 for user/EOS
         self.recency = nn.Embedding(cfg.max_seq_len + 2, d)  # 0 target, 1..S history, S+1 user token
         self.drop = Dropout(cfg.dropout)
-        if cfg.arch == "encoder-decoder":
-            self.encoder = nn.ModuleList(Block(cfg, cross=False) for _ in range(cfg.encoder_layers))
-            self.encoder_norm = nn.LayerNorm(d)
-            self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.decoder_layers))
-        else:
-            self.decoder = nn.ModuleList(
-                Block(cfg, cross=False) for _ in range(cfg.encoder_layers + cfg.decoder_layers)
-            )
+        self.build_layers(cfg)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.item_vocab)
         sizes = torch.tensor(cfg.level_sizes)
@@ -265,6 +274,24 @@ class Retriever(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def build_layers(self, cfg: RetrieverConfig) -> None:
+        """Create the architecture's transformer blocks (called before the output head is made)."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Output:
+        """Teacher-forced logits of every target position and the mean cross-entropy."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def start(self, history: Tensor, user: Tensor) -> Context:
+        """Run the history once: what every decoding step of these users attends to."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step_logits(self, context: Context, prefix: Tensor) -> Tensor:
+        """Logits of item position p given W beams per user with p tokens each: (B, W, p) -> (B, W, V_p)."""
+        raise NotImplementedError
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -309,73 +336,12 @@ class Retriever(nn.Module):
         hi = lo + self.cfg.level_sizes[p]
         return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
 
-    # -- training --------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> Output:
-        """Teacher-forced logits of every target position and the mean cross-entropy."""
-        cfg = self.cfg
-        y = self._embed_target(batch.target[:, : cfg.levels])  # (B, L+1, d)
-        if cfg.arch == "encoder-decoder":
-            x, valid = self._embed_history(batch.history, batch.user, eos=True)
-            memory = self._encode(x, valid)
-            for block in self.decoder:
-                y = block(y, causal=True, memory=block.cross.project_kv(memory), memory_valid=valid)
-            h = y
-        else:
-            x, valid = self._embed_history(batch.history, batch.user, eos=False)
-            seq = torch.cat([x, y], 1)  # (B, T + L+1, d)
-            h = self._causal_stack(seq, torch.cat([valid, torch.ones_like(valid[:, : y.shape[1]])], 1))
-            h = h[:, x.shape[1]:]  # (B, L+1, d)
+    def output(self, h: Tensor, target: Tensor) -> Output:
+        """Logits of each target position from the hidden states h (B, L+1, d), and the mean cross-entropy."""
         h = self.norm(h)
-        logits = [self._position_logits(h[:, p], p) for p in range(cfg.positions)]
-        loss = torch.stack([F.cross_entropy(lg.float(), batch.target[:, p]) for p, lg in enumerate(logits)]).mean()
+        logits = [self._position_logits(h[:, p], p) for p in range(self.cfg.positions)]
+        loss = torch.stack([F.cross_entropy(lg.float(), target[:, p]) for p, lg in enumerate(logits)]).mean()
         return Output(loss, logits)
-
-    def _encode(self, x: Tensor, valid: Tensor) -> Tensor:
-        mask = valid[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
-        for block in self.encoder:
-            x = block(x, mask=mask)
-        return self.encoder_norm(x)
-
-    @staticmethod
-    def _causal_mask(valid: Tensor) -> Tensor:
-        """(B, 1, T, T): attend to earlier real tokens; every token also sees itself (no empty rows)."""
-        t = valid.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=valid.device).tril()
-        eye = torch.eye(t, dtype=torch.bool, device=valid.device)
-        return ((causal & valid[:, None, :]) | eye)[:, None]
-
-    def _causal_stack(self, x: Tensor, valid: Tensor, keep: list | None = None) -> Tensor:
-        mask = self._causal_mask(valid)
-        for block in self.decoder:
-            x = block(x, mask=mask, keep=keep)
-        return x
-
-    # -- decoding --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def start(self, history: Tensor, user: Tensor) -> Context:
-        """Run the history once: what every decoding step of these users attends to."""
-        if self.cfg.arch == "encoder-decoder":
-            x, valid = self._embed_history(history, user, eos=True)
-            memory = self._encode(x, valid)
-            return Context([block.cross.project_kv(memory) for block in self.decoder], valid)
-        x, valid = self._embed_history(history, user, eos=False)
-        kv: list = []
-        self._causal_stack(x, valid, keep=kv)
-        return Context(kv, valid)
-
-    @torch.no_grad()
-    def step_logits(self, context: Context, prefix: Tensor) -> Tensor:
-        """Logits of item position p given W beams per user with p tokens each: (B, W, p) -> (B, W, V_p)."""
-        b, w, p = prefix.shape
-        y = self._embed_target(prefix.reshape(b * w, p))  # (B*W, p+1, d)
-        if self.cfg.arch == "encoder-decoder":
-            for block, memory in zip(self.decoder, context.kv):
-                y = block(y, causal=True, memory=memory, memory_valid=context.valid)
-        else:
-            for block, prefix_kv in zip(self.decoder, context.kv):
-                y = block.step_with_prefix(y, prefix_kv, context.valid)
-        h = self.norm(y[:, -1])  # (B*W, d)
-        return self._position_logits(h, p).float().view(b, w, -1)
 
     # -- checkpoint ------------------------------------------------------------------------------
     def save(self, path: Path, metadata: dict | None = None) -> None:
@@ -411,9 +377,14 @@ class Retriever(nn.Module):
                     f"and semantic IDs need {key} = {wanted!r}",
                     "run `semrec fit-retriever` to train it for the current settings",
                 )
-        model = cls(cfg).to(device)
+        model = build_retriever(cfg).to(device)
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
             raise SemrecError(f"{path} does not fit its own config: {e}", "run `semrec fit-retriever --force`") from e
         return model.eval()
+
+
+def build_retriever(cfg: RetrieverConfig) -> Retriever:
+    """An untrained model of the architecture `cfg.arch` (looked up in the registry)."""
+    return ARCHITECTURES[cfg.arch].load()(cfg)

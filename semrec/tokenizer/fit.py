@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from semrec.errors import SemrecError
+from semrec.pipeline import stage_settings
 from semrec.settings import Settings, TokenizerSettings
-from semrec.tags import tag_columns_in
+from semrec.tags.table import read_tags
 from semrec.tokenizer.health import tokenizer_health
 from semrec.tokenizer.hidvae import HiDVAE, HiDVAEConfig, tag_text, tag_vocabulary
 from semrec.tokenizer.kmeans import assign_residual, residual_kmeans
@@ -27,8 +28,6 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 INIT_SAMPLE = 16384  # items the codebooks are k-means initialised on (all of them below this)
-# settings that do not change what is fitted (where it runs, how often it is saved)
-_NOT_COMPARED = ("device", "checkpoint_every")
 
 
 @dataclass
@@ -77,19 +76,20 @@ class Tokenizer:
 # -- configuration ------------------------------------------------------------------------------
 def model_config(settings: TokenizerSettings, input_dim: int, seed: int) -> RQVAEConfig:
     """The RQ-VAE part of the model config, from the project's tokenizer settings."""
+    vae = settings.rqvae
     return RQVAEConfig(
         input_dim=input_dim,
-        hidden_dims=list(settings.hidden_dims),
-        latent_dim=settings.latent_dim,
+        hidden_dims=list(vae.hidden_dims),
+        latent_dim=vae.latent_dim,
         levels=settings.levels,
         codebook_size=settings.codebook_size,
-        distance=settings.distance,
-        grad_mode=settings.grad_mode,
-        beta=settings.beta,
-        gumbel_temperature=list(settings.gumbel_temperature),
-        anneal_steps=settings.steps,
+        distance=vae.distance,
+        grad_mode=vae.grad_mode,
+        beta=vae.beta,
+        gumbel_temperature=list(vae.gumbel_temperature),
+        anneal_steps=settings.train.steps,
         kmeans_iters=settings.kmeans_iters,
-        dead_after=settings.dead_code_steps if settings.revive_dead_codes else 0,
+        dead_after=vae.dead_code_steps if vae.revive_dead_codes else 0,
         seed=seed,
     )
 
@@ -99,12 +99,12 @@ def hidvae_config(settings: TokenizerSettings, base: RQVAEConfig, tag_classes: l
         **dataclasses.asdict(base),
         tag_classes=tag_classes,
         text_dim=text_dim,
-        tag_weight=settings.tag_weight,
-        focal_gamma=settings.focal_gamma,
-        align_weight=settings.align_weight,
-        align_temperature=settings.align_temperature,
-        unique_weight=settings.unique_weight,
-        unique_margin=settings.unique_margin,
+        tag_weight=settings.hidvae.tag_weight,
+        focal_gamma=settings.hidvae.focal_gamma,
+        align_weight=settings.hidvae.align_weight,
+        align_temperature=settings.hidvae.align_temperature,
+        unique_weight=settings.hidvae.unique_weight,
+        unique_margin=settings.hidvae.unique_margin,
     )
 
 
@@ -118,19 +118,7 @@ def build_model(config: dict) -> RQVAE:
 # -- inputs -------------------------------------------------------------------------------------
 def load_tags(ws, n_items: int) -> list[list[str]] | None:
     """tags.parquet as one list of N tag strings per level (row i = item i), or None if absent."""
-    import polars as pl
-
-    path = ws.path(TAGS)
-    if not path.exists():
-        return None
-    frame = pl.read_parquet(path).sort("item")
-    columns = tag_columns_in(frame.columns)
-    if not columns or frame.height != n_items or frame["item"].to_list() != list(range(n_items)):
-        raise SemrecError(
-            f"{path} does not give tags for items 0..{n_items - 1} (it has {frame.height} rows, columns {frame.columns})",
-            "run `semrec tag --force` to tag the current catalogue",
-        )
-    return [[t if t is not None else "" for t in frame[c].to_list()] for c in columns]
+    return read_tags(ws.path(TAGS), n_items)
 
 
 def _check_inputs(ws, embeddings: torch.Tensor, tags) -> None:
@@ -199,13 +187,13 @@ def fit_tokenizer(
         "levels": tok.levels,
         "codebook_size": tok.codebook_size,
         "embedding_dim": int(embeddings.shape[1]),
-        "settings": dataclasses.asdict(tok),
+        "settings": stage_settings(settings, "fit-tokenizer"),
         "seed": seed,
     }
     if tok.kind == "rqkmeans":
         result = residual_kmeans(
             embeddings.to(device), levels=tok.levels, k=tok.codebook_size, iters=tok.kmeans_iters, seed=seed,
-            balanced=tok.balanced,
+            balanced=tok.rqkmeans.balanced,
         )
         return Tokenizer(config, codebooks=result.codebooks), {"steps": 0}
 
@@ -214,7 +202,7 @@ def fit_tokenizer(
     tag_ids = None
     if tok.kind == "hidvae":
         supervised = tags[: tok.levels]
-        tag_ids, names = tag_vocabulary(supervised, tok.tag_min_count)
+        tag_ids, names = tag_vocabulary(supervised, tok.hidvae.tag_min_count)
         texts = encode_tag_texts([tag_text(n) for level in names for n in level])
         config["tag_names"] = names
         sizes = [len(level) for level in names]
@@ -230,11 +218,9 @@ def fit_tokenizer(
     x = embeddings.to(device).float()
     sample = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:INIT_SAMPLE]
     model.initialize(x[sample.to(device)])
-    task = TokenizerTask(model, x, tag_ids, tok.batch_size, seed)
-    train_config = TrainConfig(
-        steps=tok.steps, lr=tok.lr, weight_decay=tok.weight_decay, warmup_steps=tok.warmup_steps,
-        schedule=tok.schedule, grad_clip=tok.grad_clip, checkpoint_every=tok.checkpoint_every, seed=seed,
-        device=str(device), description=f"fitting the {tok.kind} tokenizer",
+    task = TokenizerTask(model, x, tag_ids, tok.train.batch_size, seed)
+    train_config = TrainConfig.from_settings(
+        tok.train, seed=seed, device=str(device), description=f"fitting the {tok.kind} tokenizer"
     )
     result = train(task, train_config, checkpoint_dir, fingerprint, reporter, resume=resume)
     model.eval()
@@ -250,7 +236,7 @@ def tokenizer_metrics(tokenizer: Tokenizer, embeddings: torch.Tensor, tags: list
         names = tokenizer.config["tag_names"]
         device = next(tokenizer.model.parameters()).device
         predicted = tokenizer.model.predict_tags(embeddings.to(device).float()).cpu()
-        truth, _ = tag_vocabulary(tags[: len(names)], tokenizer.config["settings"]["tag_min_count"])
+        truth, _ = tag_vocabulary(tags[: len(names)], tokenizer.config["settings"]["tokenizer.hidvae"]["tag_min_count"])
         metrics["tag_accuracy"] = [float(a) for a in (predicted == truth).float().mean(0)]
     return metrics
 
@@ -307,11 +293,11 @@ def load_tokenizer(ws) -> Tokenizer:
     from semrec.device import resolve_device
 
     tokenizer = read_tokenizer(ws.path(TOKENIZER), resolve_device(ws.settings.tokenizer.device))
-    fitted, current = tokenizer.config["settings"], dataclasses.asdict(ws.settings.tokenizer)
+    fitted, current = tokenizer.config["settings"], stage_settings(ws.settings, "fit-tokenizer")
     for key, value in current.items():
-        if key not in _NOT_COMPARED and fitted.get(key) != value:
+        if fitted.get(key) != value:
             raise SemrecError(
-                f"{ws.path(TOKENIZER)} was fitted with tokenizer.{key} = {fitted.get(key)!r}, "
+                f"{ws.path(TOKENIZER)} was fitted with {key} = {fitted.get(key)!r}, "
                 f"but {ws.project.path} says {value!r}",
                 "run `semrec fit-tokenizer` to fit it under the current settings (or restore the setting)",
             )

@@ -1,0 +1,1 @@
+"""Baselines ranked on the same splits, the same histories and with the same metrics as the retriever."""

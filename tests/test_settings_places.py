@@ -1,0 +1,120 @@
+"""Settings live where they are used; keys at their old places still load, with a notice; a stage's
+fingerprint holds only what it reads."""
+
+import json
+
+import pytest
+import tomli_w
+from typer.testing import CliRunner
+
+from semrec.cli import app
+from semrec.errors import SemrecError
+from semrec.pipeline import STAGES
+from semrec.project import init_project, load_project, preset_settings, settings_from_dict
+from semrec.settings import MOVED_KEYS
+
+runner = CliRunner()
+
+
+def nested(dotted: str, value) -> dict:
+    raw: dict = {}
+    *tables, key = dotted.split(".")
+    table = raw
+    for name in tables:
+        table = table.setdefault(name, {})
+    table[key] = value
+    return raw
+
+
+def lookup(settings, dotted: str):
+    for part in dotted.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+def changed_value(value):
+    """A valid value other than the default of a moved key."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, float):
+        return value / 2 if value else 0.5
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, value[-1]]
+    return {"l2": "cosine", "rotation": "ste", "cosine": "constant"}[value]
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED_KEYS.items()))
+def test_a_key_at_its_old_place_is_read_with_a_notice_naming_the_new_place(old, new, tmp_path):
+    value = changed_value(lookup(preset_settings("demo"), new))
+    path = tmp_path / "semrec.toml"
+    path.write_text(tomli_w.dumps(nested(old, value)))
+    project = load_project(explicit=path)
+    assert lookup(project.settings, new) == value
+    assert len(project.notices) == 1 and f"{old} is now {new}" in project.notices[0]
+
+
+def test_the_cli_says_where_a_moved_key_went_in_one_line(tmp_path):
+    init_project("demo", tmp_path)
+    text = (tmp_path / "semrec.toml").read_text().replace("[data]\n", "[data]\nmax_seq_len = 30\n", 1)
+    (tmp_path / "semrec.toml").write_text(text.replace("max_seq_len = 20\n", "", 1))
+    result = runner.invoke(app, ["--project", str(tmp_path), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "data.max_seq_len is now retriever.max_seq_len" in result.stderr
+    assert json.loads(result.stdout)["stages"]
+
+
+def test_a_key_at_both_places_is_refused():
+    with pytest.raises(SemrecError, match="data.max_seq_len and retriever.max_seq_len are both set"):
+        settings_from_dict({"data": {"max_seq_len": 5}, "retriever": {"max_seq_len": 6}})
+
+
+def digests(settings) -> dict[str, str]:
+    from semrec.workspace import digest_json
+    from semrec.pipeline import stage_settings
+
+    return {name: digest_json(stage_settings(settings, name)) for name in STAGES}
+
+
+@pytest.mark.parametrize("key, value", [
+    ("eval.beam_size", 50), ("eval.ks", [1, 20]), ("eval.split", "valid"), ("eval.batch_size", 7),
+])
+def test_decoding_settings_never_touch_the_retriever_fingerprint(key, value):
+    settings = preset_settings("demo")
+    before = digests(settings)
+    *tables, last = key.split(".")
+    setattr(lookup(settings, ".".join(tables)), last, value)
+    after = digests(settings)
+    assert after["fit-retriever"] == before["fit-retriever"]
+    assert after["eval"] != before["eval"] or key == "eval.batch_size"
+
+
+@pytest.mark.parametrize("kind, key, stale", [
+    ("rqvae", "tokenizer.hidvae.focal_gamma", False),
+    ("rqvae", "tokenizer.rqkmeans.balanced", False),
+    ("rqvae", "tokenizer.rqvae.beta", True),
+    ("rqvae", "tokenizer.train.checkpoint_every", False),
+    ("rqvae", "tokenizer.train.max_minutes", False),
+    ("rqkmeans", "tokenizer.rqvae.beta", False),
+    ("rqkmeans", "tokenizer.train.steps", False),
+    ("rqkmeans", "tokenizer.rqkmeans.balanced", True),
+    ("hidvae", "tokenizer.hidvae.focal_gamma", True),
+    ("hidvae", "tokenizer.rqvae.beta", True),
+])
+def test_the_tokenizer_fingerprint_holds_only_the_active_kinds_keys(kind, key, stale):
+    settings = preset_settings("demo")
+    settings.tokenizer.kind = kind
+    before = digests(settings)["fit-tokenizer"]
+    *tables, last = key.split(".")
+    owner = lookup(settings, ".".join(tables))
+    setattr(owner, last, changed_value(getattr(owner, last)))
+    assert (digests(settings)["fit-tokenizer"] != before) == stale
+
+
+def test_the_history_length_belongs_to_the_retriever_not_to_download():
+    settings = preset_settings("demo")
+    before = digests(settings)
+    settings.retriever.max_seq_len = 7
+    after = digests(settings)
+    assert after["download"] == before["download"] and after["fit-retriever"] != before["fit-retriever"]
