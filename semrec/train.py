@@ -22,6 +22,7 @@ import torch
 
 from semrec.device import autocast as device_autocast
 from semrec.errors import StageFailed
+from semrec.io import atomic_path
 from semrec.report import Reporter
 
 LAST = "last.safetensors"
@@ -108,8 +109,6 @@ def _state_tensors(model: torch.nn.Module, prefix: str = "model.") -> dict[str, 
 def save_checkpoint(path: Path, model, optimizer, fingerprint: str, progress: dict) -> None:
     from safetensors.torch import save_file
 
-    from semrec.io import atomic_path
-
     tensors = _state_tensors(model)
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
@@ -166,112 +165,139 @@ def _finite_or_fail(loss: torch.Tensor, parts: dict, step: int, last_saved: int)
     )
 
 
-def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, reporter: Reporter | None = None,
-          resume: bool = True) -> TrainResult:
-    reporter = reporter or Reporter()
-    model = task.model
-    device = next(model.parameters()).device
-    optimizer = _optimizer(model, config)
-    validate = getattr(task, "validate", None)
-    after_step = getattr(task, "after_step", None)
-    checkpoint_dir = Path(checkpoint_dir)
-    last_path, best_path = checkpoint_dir / LAST, checkpoint_dir / BEST
+class Trainer:
+    """One training run of a task: restore or start, then steps, logging, validation and checkpoints."""
 
-    progress = {"step": 0, "history": [], "best": None, "bad_validations": 0, "stopped_early": False, "seconds": 0.0}
-    if resume and last_path.exists():
-        if checkpoint_fingerprint(last_path) == fingerprint:
-            progress = load_checkpoint(last_path, model, optimizer)
-            reporter.info(f"resuming {config.description} from its checkpoint at step {progress['step']}")
-        else:
-            reporter.warn(f"{last_path} was made with other settings or inputs: starting from scratch")
-    elif not resume:
-        last_path.unlink(missing_ok=True)
-        best_path.unlink(missing_ok=True)
+    def __init__(self, task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, reporter: Reporter):
+        self.task, self.config, self.fingerprint, self.reporter = task, config, fingerprint, reporter
+        self.model = task.model
+        self.device = next(self.model.parameters()).device
+        self.optimizer = _optimizer(self.model, config)
+        self.validate_fn = getattr(task, "validate", None)
+        self.after_step = getattr(task, "after_step", None)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.last_path, self.best_path = self.checkpoint_dir / LAST, self.checkpoint_dir / BEST
+        self.autocast = device_autocast(self.device, config.amp)
+        self.progress = {"step": 0, "history": [], "best": None, "bad_validations": 0, "stopped_early": False,
+                         "seconds": 0.0}
+        self.last_saved = 0
+        self.running: dict[str, float] = {}
 
-    autocast = device_autocast(device, config.amp)
-    log_every = max(1, min(100, config.steps // 100))
-    running: dict[str, float] = {}
-    last_saved = progress["step"]
+    def restore(self, resume: bool) -> None:
+        """Continue from the last checkpoint when it was made for the same fingerprint; else start over."""
+        if resume and self.last_path.exists():
+            if checkpoint_fingerprint(self.last_path) == self.fingerprint:
+                self.progress = load_checkpoint(self.last_path, self.model, self.optimizer)
+                self.reporter.info(f"resuming {self.config.description} from its checkpoint at step {self.progress['step']}")
+            else:
+                self.reporter.warn(f"{self.last_path} was made with other settings or inputs: starting from scratch")
+        elif not resume:
+            self.last_path.unlink(missing_ok=True)
+            self.best_path.unlink(missing_ok=True)
+        self.last_saved = self.progress["step"]
 
-    def run_validation() -> None:
-        model.eval()
-        with torch.no_grad(), autocast:
-            metrics = {k: float(v) for k, v in validate().items()}
-        model.train()
-        entry = {"step": progress["step"], **{f"valid_{k}": v for k, v in metrics.items()}}
-        progress["history"].append(entry)
+    def step(self) -> tuple[torch.Tensor, dict]:
+        """One optimizer step at progress["step"]; returns the loss and its parts."""
+        step, config = self.progress["step"], self.config
+        lr = learning_rate(step, config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.task.batch(step)
+        with self.autocast:
+            loss, parts = self.task.loss(batch)
+        _finite_or_fail(loss, parts, step, self.last_saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        if self.after_step is not None:
+            with torch.no_grad():
+                self.after_step(step, batch)
+        self.progress["step"] = step + 1
+        return loss, {**parts, "lr": lr}
+
+    def log(self, loss: torch.Tensor, parts: dict, bar, log_every: int) -> None:
+        """Add the step's figures to the running means; every log_every steps, record and show them."""
+        lr = parts.pop("lr")
+        for name, value in {"loss": loss.detach(), **parts}.items():
+            self.running[name] = self.running.get(name, 0.0) + float(value)
+        step = self.progress["step"]
+        if step % log_every == 0 or step == self.config.steps:
+            n = log_every if step % log_every == 0 else step % log_every
+            means = {name: total / n for name, total in self.running.items()}
+            self.progress["history"].append({"step": step, "lr": lr, **means})
+            bar.show(**means)
+            self.running = {}
+
+    def validate(self) -> None:
+        """Validate; keep the best weights; count validations without improvement for early stopping."""
+        from safetensors.torch import save_file
+
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            metrics = {k: float(v) for k, v in self.validate_fn().items()}
+        self.model.train()
+        progress = self.progress
+        progress["history"].append({"step": progress["step"], **{f"valid_{k}": v for k, v in metrics.items()}})
         best = progress["best"]
         if best is None or metrics["score"] > best["score"]:
             progress["best"] = {"step": progress["step"], **metrics}
             progress["bad_validations"] = 0
-            from safetensors.torch import save_file
-
-            from semrec.io import atomic_path
-
-            with atomic_path(best_path) as tmp:
-                save_file(_state_tensors(model, ""), str(tmp))
+            with atomic_path(self.best_path) as tmp:
+                save_file(_state_tensors(self.model, ""), str(tmp))
         else:
             progress["bad_validations"] += 1
-        reporter.info(
+        self.reporter.info(
             f"step {progress['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             + f" (best {progress['best']['score']:.4f} at step {progress['best']['step']})"
         )
-        if config.patience and progress["bad_validations"] >= config.patience:
+        if self.config.patience and progress["bad_validations"] >= self.config.patience:
             progress["stopped_early"] = True
 
-    model.train()
-    out_of_time = False
-    started = time.monotonic() - progress.get("seconds", 0.0)
-    with reporter.progress(config.description, total=config.steps) as bar:
-        bar.advance(progress["step"])
-        while progress["step"] < config.steps and not progress["stopped_early"] and not out_of_time:
-            step = progress["step"]
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = task.batch(step)
-            with autocast:
-                loss, parts = task.loss(batch)
-            _finite_or_fail(loss, parts, step, last_saved)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if after_step is not None:
-                with torch.no_grad():
-                    after_step(step, batch)
-            progress["step"] = step + 1
-            bar.advance()
+    def run(self) -> TrainResult:
+        config, progress = self.config, self.progress
+        log_every = max(1, min(100, config.steps // 100))
+        self.model.train()
+        out_of_time = False
+        started = time.monotonic() - progress.get("seconds", 0.0)
+        with self.reporter.progress(config.description, total=config.steps) as bar:
+            bar.advance(progress["step"])
+            while progress["step"] < config.steps and not progress["stopped_early"] and not out_of_time:
+                loss, parts = self.step()
+                bar.advance()
+                self.log(loss, parts, bar, log_every)
+                progress["seconds"] = time.monotonic() - started
+                out_of_time = bool(config.max_seconds) and progress["seconds"] >= config.max_seconds
+                done = progress["step"] == config.steps or out_of_time
+                if self.validate_fn is not None and (
+                        (config.eval_every and progress["step"] % config.eval_every == 0) or done):
+                    self.validate()
+                if progress["step"] % config.checkpoint_every == 0 or done or progress["stopped_early"]:
+                    self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                    save_checkpoint(self.last_path, self.model, self.optimizer, self.fingerprint, progress)
+                    self.last_saved = progress["step"]
+        self.finish(out_of_time)
+        return TrainResult(steps=progress["step"], history=progress["history"], best=progress["best"],
+                           stopped_early=progress["stopped_early"])
 
-            for name, value in {"loss": loss.detach(), **parts}.items():
-                running[name] = running.get(name, 0.0) + float(value)
-            if progress["step"] % log_every == 0 or progress["step"] == config.steps:
-                n = log_every if progress["step"] % log_every == 0 else progress["step"] % log_every
-                means = {name: total / n for name, total in running.items()}
-                progress["history"].append({"step": progress["step"], "lr": lr, **means})
-                bar.show(**means)
-                running = {}
-
-            progress["seconds"] = time.monotonic() - started
-            out_of_time = bool(config.max_seconds) and progress["seconds"] >= config.max_seconds
-            done = progress["step"] == config.steps or out_of_time
-            if validate is not None and ((config.eval_every and progress["step"] % config.eval_every == 0) or done):
-                run_validation()
-            if progress["step"] % config.checkpoint_every == 0 or done or progress["stopped_early"]:
-                checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(last_path, model, optimizer, fingerprint, progress)
-                last_saved = progress["step"]
-
-    if out_of_time:
-        reporter.info(f"stopped at step {progress['step']}: the time limit of {config.max_seconds:.0f} s is reached")
-    if progress["stopped_early"]:
-        reporter.info(f"stopped early at step {progress['step']}: no improvement in {config.patience} validations")
-    if validate is not None and progress["best"] is not None and best_path.exists():
+    def finish(self, out_of_time: bool) -> None:
+        """Say why training stopped, and leave the best validated weights in the model."""
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(best_path), device=str(device)))
-    return TrainResult(
-        steps=progress["step"], history=progress["history"], best=progress["best"],
-        stopped_early=progress["stopped_early"],
-    )
+        if out_of_time:
+            self.reporter.info(f"stopped at step {self.progress['step']}: the time limit of "
+                               f"{self.config.max_seconds:.0f} s is reached")
+        if self.progress["stopped_early"]:
+            self.reporter.info(f"stopped early at step {self.progress['step']}: no improvement in "
+                               f"{self.config.patience} validations")
+        if self.validate_fn is not None and self.progress["best"] is not None and self.best_path.exists():
+            self.model.load_state_dict(load_file(str(self.best_path), device=str(self.device)))
+
+
+def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, reporter: Reporter | None = None,
+          resume: bool = True) -> TrainResult:
+    """Train `task` under `config` (see the module docstring for what a task is)."""
+    trainer = Trainer(task, config, checkpoint_dir, fingerprint, reporter or Reporter())
+    trainer.restore(resume)
+    return trainer.run()
