@@ -8,7 +8,9 @@ end to end elsewhere.
 import dataclasses
 import json
 import math
+import shutil
 import zlib
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -24,7 +26,10 @@ from semrec.project import render_toml
 from semrec.retriever.fit import run_fit_retriever
 from semrec.artifacts import ITEMS, SEMANTIC_IDS, TAGS, TOKENIZER
 from semrec.io import atomic_write_json, write_parquet
-from semrec.workspace import StageRun
+from semrec.project import load_project
+from semrec.report import RecordingReporter
+from semrec.workspace import StageRun, Workspace
+from conftest import workspace_at
 
 CODEBOOK = 16
 TINY = {
@@ -104,17 +109,44 @@ def test_popularity_ranks_the_most_frequent_training_items_first():
 
 
 # -- fitting -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted_once(tmp_path_factory) -> dict[str, Path]:
+    """One tiny retriever per architecture, trained once for this module through the stage runner."""
+    roots = {}
+    with pytest.MonkeyPatch.context() as patch:
+        use_synthetic_tokenizer(patch)
+        for arch in ("encoder-decoder", "decoder-only"):
+            root = tmp_path_factory.mktemp(arch)
+            ws = workspace_at(root, "demo", **{**TINY, "retriever.arch": arch})
+            ws.project.path.write_text(render_toml(ws.settings))
+            ws.ensure("fit-retriever")
+            roots[arch] = root
+    return roots
+
+
+@pytest.fixture
+def fitted(fitted_once, tmp_path, monkeypatch):
+    """fitted(arch) -> a copy of that architecture's trained workspace, the synthetic tokenizer stages in place."""
+    use_synthetic_tokenizer(monkeypatch)
+
+    def copy(arch: str) -> Workspace:
+        root = tmp_path / arch
+        shutil.copytree(fitted_once[arch], root)
+        return Workspace(load_project(explicit=root), RecordingReporter())
+
+    return copy
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["encoder-decoder", "decoder-only"])
-def test_fitting_a_tiny_model_lowers_the_validation_loss_and_beats_popularity(make_workspace, arch):
-    ws = prepared_workspace(make_workspace, **{"retriever.arch": arch})
-    figures = run_fit_retriever(ws, StageRun("fit-retriever", "fp"))
+def test_fitting_a_tiny_model_lowers_the_validation_loss_and_beats_popularity(fitted, arch):
+    ws = fitted(arch)
     metrics = json.loads(ws.path("retriever/metrics.json").read_text())
     losses = [entry["valid_loss"] for entry in metrics["history"] if "valid_loss" in entry]
     collisions = int(pl.read_parquet(ws.path(SEMANTIC_IDS))["dedup"].max()) + 1
     uniform = (3 * math.log(CODEBOOK) + math.log(collisions)) / 4  # the loss of a model that learned nothing
     assert len(losses) == 3 and losses[-1] < losses[0] < uniform
-    assert figures["steps"] == 120 and figures["tokens_per_s"] > 0
+    assert metrics["steps"] == 120 and metrics["tokens_per_s"] > 0
     result = run_eval(ws, StageRun("eval", "fp"))
     assert result["users"] == 400 and result["split"] == "test"
     assert result["metrics"]["recall@10"] > 1.5 * result["baselines"]["popularity"]["recall@10"]
@@ -156,12 +188,11 @@ def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch):
 
 # -- the command ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("split", ["test", "valid"])
-def test_eval_json_has_the_documented_shape(make_workspace, monkeypatch, split):
-    use_synthetic_tokenizer(monkeypatch)
-    ws = make_workspace("demo", **{**TINY, "retriever.train.steps": 40})
-    ws.project.path.write_text(render_toml(ws.settings))
+def test_eval_json_has_the_documented_shape(fitted, split):
+    ws = fitted("encoder-decoder")
     result = CliRunner().invoke(app, ["--project", str(ws.root), "eval", "--split", split, "--json"])
     assert result.exit_code == 0, result.output
+    assert "running it first" not in result.stderr  # the trained model is reused, not retrained
     report = json.loads(result.stdout)
     keys = {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert set(report["metrics"]) == keys and set(report["baselines"]["popularity"]) == keys
