@@ -2,6 +2,7 @@
 
 import json
 import socket
+import threading
 import time
 from contextlib import contextmanager
 
@@ -16,7 +17,7 @@ from semrec.report import ProgressBar, Reporter
 from semrec.settings import LLMSettings
 from semrec.tags import tree_violations
 from semrec.tags.llm import (
-    AnswerCache, CandidateIndex, ChatClient, InvalidAnswer, LLMJob, build_messages, parse_answer, tag_with_llm,
+    AnswerCache, CandidateIndex, ChatClient, InvalidAnswer, LLMJob, Stopped, build_messages, parse_answer, tag_with_llm,
 )
 from semrec.tags.stage import LLM_CACHE, run_tag, tag_sample
 from semrec.artifacts import ITEMS, TAGS
@@ -116,6 +117,24 @@ def test_429_is_retried_after_the_servers_wait(httpserver):
     httpserver.expect_ordered_request(PATH).respond_with_json(chat(tags_json("A", "B", "C")))
     client = ChatClient(settings(httpserver))
     assert client.ask_tags(MESSAGES, 3) == ["A", "B", "C"] and client.sent == 2
+
+
+def test_a_malformed_retry_after_falls_back_to_the_backoff(httpserver):
+    httpserver.expect_ordered_request(PATH).respond_with_json({"error": "busy"}, status=503, headers={"Retry-After": "soon"})
+    httpserver.expect_ordered_request(PATH).respond_with_json(chat(tags_json("A", "B", "C")))
+    client = ChatClient(settings(httpserver))
+    assert client.ask_tags(MESSAGES, 3) == ["A", "B", "C"] and client.sent == 2
+
+
+def test_a_stopping_run_ends_a_retry_wait_at_once(httpserver):
+    httpserver.expect_request(PATH).respond_with_json({"error": "busy"}, status=503)
+    client = ChatClient(settings(httpserver, retry_wait_s=30.0))
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Stopped):
+        client.complete(MESSAGES, stop)
+    assert time.monotonic() - started < 5 and client.sent == 1
 
 
 def test_500_forever_fails_clearly_after_the_retries_and_loses_no_cached_answer(httpserver, tmp_path):

@@ -8,11 +8,13 @@ import torch
 from typer.testing import CliRunner
 
 from semrec import embed
+from semrec.errors import SemrecError
 from semrec.project import render_toml
 from semrec.tags import SEPARATOR, source_columns, tag_columns, tag_label, tree_violations
 from semrec.tags.cluster import distinctive_words, fill_by_clustering, title_words
 from semrec.tags.metadata import category_levels, fill_gaps, merge_rare
 from semrec.tags.stage import run_tag
+from semrec.tags.table import ItemTags, read_item_tags, read_tags
 from semrec.artifacts import ITEMS, TAGS
 from semrec.io import write_parquet
 from semrec.workspace import StageRun
@@ -120,6 +122,18 @@ def test_metadata_tags_on_the_real_beauty_data(make_workspace, shared_datasets):
     assert figures["distinct_tags"][1] > 30 and figures["distinct_tags"][2] > 100
     smallest = frame.group_by("tag_3").len().filter(pl.col("tag_3").map_elements(tag_label, return_dtype=pl.Utf8).str.starts_with("Other "))
     assert smallest.height > 0  # rare leaf categories were merged
+
+
+def test_tags_table_reads_every_item_or_a_few_and_refuses_another_catalogue(tmp_path):
+    path = tmp_path / "tags.parquet"
+    assert read_tags(path, 2) is None and read_item_tags(path, [0]) == {}
+    write_parquet(pl.DataFrame({"item": [1, 0], "tag_1": ["Hair", "Makeup"], "tag_2": ["Hair > Oil", None],
+                                "source_1": ["llm", "metadata"]}), path)
+    assert read_tags(path, 2) == [["Makeup", "Hair"], ["", "Hair > Oil"]]
+    assert read_item_tags(path, [1, 5]) == {1: ItemTags(["Hair", "Hair > Oil"], ["llm", None])}
+    with pytest.raises(SemrecError, match="does not give tags for items 0..2") as error:
+        read_tags(path, 3)
+    assert "semrec tag --force" in error.value.hint
 
 
 # -- the clustering fallback --------------------------------------------------------------------

@@ -10,6 +10,18 @@ Every answer is appended to a JSON-lines cache in the workspace the moment it ar
 rounds of `ROUND` items, and the candidates of a round come from the metadata vocabulary plus the
 answers of earlier rounds only (never from answers that happen to arrive first). So a rerun, or a
 run resumed after an interruption, rebuilds exactly the same prompts and sends no request twice.
+
+Retries. urllib3's `Retry`, mounted on each thread's session, retries a request on HTTP 429, 500,
+502, 503 and 504, on lost connections, and on timeouts while waiting for the answer (POST is in
+its allowed methods: asking for tags twice does no harm), up to `max_retries` times, waiting
+`retry_wait_s`, then twice as long each time, or what the server's Retry-After says. Our code
+keeps what Retry cannot do: `_Backoff` waits before the first retry too, caps and tolerates
+Retry-After, counts the requests sent and ends its waits when the run stops; `ChatClient` turns
+what is left after the retries into one clear error (a refused key, an unknown model or a wrong
+URL at once, with no retry); and `ask_tags` sends an answer that is not the JSON asked for back
+with the error, for another try, which no HTTP-level retry can do. A timeout while the body of
+an answer is being read (after its headers came) is reported, not retried: Retry sees only the
+wait for the headers, and a chat answer that is not streamed arrives in one piece.
 """
 
 import hashlib
@@ -26,6 +38,9 @@ from pathlib import Path
 
 import requests
 import torch
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader, ReadTimeoutError
+from urllib3.util.retry import Retry
 
 from semrec.errors import SemrecError, StageFailed
 from semrec.report import Reporter
@@ -34,6 +49,8 @@ from semrec.tags import SEPARATOR, clean_name
 
 ROUND = 64  # items whose prompts share one candidate vocabulary
 MAX_NAME = 80
+RETRY_STATUSES = (429, 500, 502, 503, 504)  # retried by urllib3; other 5xx fail at once
+MAX_RETRY_AFTER = 60.0  # seconds: the longest a server's Retry-After makes us wait
 _UNKNOWN_MODEL = re.compile(r"model_not_found|unknown model|model\W[^.]{0,80}?(not (be )?found|does not exist)", re.I)
 _KEPT = "answers received so far are kept in the workspace's tags_cache/llm.jsonl and are not asked again"
 
@@ -106,8 +123,46 @@ def parse_answer(content: str | None, levels: int) -> list[str]:
 
 
 # -- the HTTP client ----------------------------------------------------------------------------
+class _Call:
+    """One `complete` call: the requests it sent so far, and the event that ends its waits."""
+
+    def __init__(self, stop: threading.Event | None):
+        self.stop = stop
+        self.tries = 1
+
+
+class _Backoff(Retry):
+    """urllib3's Retry, waiting as semrec promises: `backoff_factor` before the first retry too (urllib3
+    retries at once), then doubling; a Retry-After of the server wins, capped at a minute and ignored when
+    malformed (urllib3 would raise); and the wait ends the moment the run stops (no Ctrl-C waits out a
+    backoff). Each wait precedes one more request, so it also counts the call's tries."""
+
+    def __init__(self, *args, call: _Call | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.call = call or _Call(None)  # Retry.new() builds copies without it; new() below passes it on
+
+    def new(self, **kwargs) -> "_Backoff":
+        retry = super().new(**kwargs)
+        retry.call = self.call
+        return retry
+
+    def sleep(self, response=None) -> None:
+        wait = max(self.backoff_factor, self.get_backoff_time())
+        if response is not None:
+            try:
+                after = self.get_retry_after(response)
+            except InvalidHeader:
+                after = None
+            wait = wait if after is None else min(after, MAX_RETRY_AFTER)
+        if self.call.stop is None:
+            time.sleep(wait)
+        elif self.call.stop.wait(wait):
+            raise Stopped()
+        self.call.tries += 1
+
+
 class ChatClient:
-    """POST {base_url}/chat/completions with retries and backoff on 429, 5xx, timeouts and lost connections.
+    """POST {base_url}/chat/completions, retried with backoff on 429, 5xx, timeouts and lost connections.
 
     Problems no retry can fix (a refused key, an unknown model, a URL that is not a chat API)
     raise SemrecError at once; transient ones that outlast the retries raise StageFailed.
@@ -125,45 +180,47 @@ class ChatClient:
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
+    def _session(self, call: _Call) -> requests.Session:
+        """This thread's session (kept, for its open connections), retrying with this call's policy."""
+        local = self._local
+        if not hasattr(local, "session"):
+            local.adapter = HTTPAdapter()
+            local.session = requests.Session()
+            local.session.mount("http://", local.adapter)
+            local.session.mount("https://", local.adapter)
+        local.adapter.max_retries = _Backoff(
+            total=self.settings.max_retries, status_forcelist=RETRY_STATUSES, allowed_methods={"POST"},
+            backoff_factor=self.settings.retry_wait_s, respect_retry_after_header=True, raise_on_status=False, call=call,
+        )
+        return local.session
 
     def complete(self, messages: list[dict], stop: threading.Event | None = None) -> str:
         """The content of the model's reply to `messages`."""
+        if stop is not None and stop.is_set():
+            raise Stopped()
         s = self.settings
         body = {"model": s.model, "messages": messages, "temperature": s.temperature}
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        problem, hint = "", ""
-        for attempt in range(s.max_retries + 1):
-            if attempt and stop is not None:
-                stop.wait(wait)
-            elif attempt:
-                time.sleep(wait)
-            if stop is not None and stop.is_set():
-                raise Stopped()
-            wait = s.retry_wait_s * 2**attempt
+        call = _Call(stop)
+        try:
+            response = self._session(call).post(self.url, json=body, headers=headers, timeout=s.timeout_s)
+        except (requests.Timeout, requests.ConnectionError) as e:
+            if _timed_out(e):
+                raise self._gave_up(call, f"no answer within {s.timeout_s:g} s",
+                                    "raise tag.llm.timeout_s or lower tag.llm.concurrency, or check the server's load") from e
+            raise self._gave_up(call, f"cannot connect ({_reason(e)})", "start the server (e.g. `ollama serve` or "
+                                "`vllm serve MODEL`), or fix tag.llm.base_url in semrec.toml") from e
+        finally:
             with self._lock:
-                self.sent += 1
-            try:
-                response = self._session().post(self.url, json=body, headers=headers, timeout=s.timeout_s)
-            except requests.Timeout:
-                problem = f"no answer within {s.timeout_s:g} s"
-                hint = "raise tag.llm.timeout_s or lower tag.llm.concurrency, or check the server's load"
-                continue
-            except requests.ConnectionError as e:
-                problem = f"cannot connect ({_reason(e)})"
-                hint = "start the server (e.g. `ollama serve` or `vllm serve MODEL`), or fix tag.llm.base_url in semrec.toml"
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                problem = f"HTTP {response.status_code}: {_excerpt(response.text)}"
-                hint = "the server is overloaded or failing: check its log, lower tag.llm.concurrency, or try again later"
-                wait = _retry_after(response, wait)
-                continue
-            return self._content(response)
-        tries = f"{attempt + 1} {'try' if attempt == 0 else 'tries'}"
-        raise StageFailed(f"the LLM endpoint {self.url} gave up after {tries}: {problem}", f"{hint}; {_KEPT}")
+                self.sent += call.tries
+        if response.status_code == 429 or response.status_code >= 500:
+            raise self._gave_up(call, f"HTTP {response.status_code}: {_excerpt(response.text)}",
+                                "the server is overloaded or failing: check its log, lower tag.llm.concurrency, or try again later")
+        return self._content(response)
+
+    def _gave_up(self, call: _Call, problem: str, hint: str) -> StageFailed:
+        tries = f"{call.tries} {'try' if call.tries == 1 else 'tries'}"
+        return StageFailed(f"the LLM endpoint {self.url} gave up after {tries}: {problem}", f"{hint}; {_KEPT}")
 
     def _content(self, response: requests.Response) -> str:
         status, text = response.status_code, response.text
@@ -223,11 +280,11 @@ def _excerpt(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _retry_after(response: requests.Response, default: float) -> float:
-    try:
-        return min(float(response.headers.get("Retry-After", "")), 60.0)
-    except ValueError:
-        return default
+def _timed_out(error: requests.RequestException) -> bool:
+    """A timeout: requests' own, or one that requests reports as a ConnectionError (a read timeout that
+    urllib3 retried until it gave up, wrapped in MaxRetryError; or one while the body was read)."""
+    cause = error.args[0] if error.args else None
+    return isinstance(error, requests.Timeout) or isinstance(getattr(cause, "reason", cause), ReadTimeoutError)
 
 
 # -- the answer cache ---------------------------------------------------------------------------
@@ -327,6 +384,74 @@ def _full_paths(names: list[str]) -> list[str]:
     return [SEPARATOR.join(names[: level + 1]) for level in range(len(names))]
 
 
+class _Rounds:
+    """The state of one tagging run: the candidate index, the cache, and what came back so far."""
+
+    def __init__(self, settings: LLMSettings, levels: int, cache: AnswerCache, index: CandidateIndex | None,
+                 item_vectors: torch.Tensor | None, client: ChatClient | None):
+        self.settings, self.levels, self.cache, self.index = settings, levels, cache, index
+        self.item_vectors, self.client = item_vectors, client
+        self.outcome = LLMOutcome()
+        self.stop = threading.Event()
+
+    def messages(self, job: LLMJob) -> list[dict]:
+        """The prompt of `job`: candidates only under the deepest known ancestor of each open level."""
+        candidates = [[] for _ in range(self.levels)]
+        known_prefix = list(takewhile(lambda name: name is not None, job.known))
+        for level in range(self.levels if self.index is not None else 0):
+            if job.known[level] is None:
+                prefix = SEPARATOR.join(known_prefix[:level])
+                candidates[level] = self.index.closest(level, self.item_vectors[job.item], self.settings.candidates, prefix)
+        return build_messages(job.text, job.known, candidates)
+
+    def ask(self, job: LLMJob, messages: list[dict], key: str) -> dict:
+        """Ask the endpoint (in a worker thread) and record the answer, or the failure, in the cache."""
+        entry = {"key": key, "model": self.settings.model, "item_key": job.item_key}
+        try:
+            entry["tags"] = self.client.ask_tags(messages, self.levels, self.stop)
+        except InvalidAnswer as e:
+            entry.update(error=str(e), answer=(e.answer or "")[:500])
+        self.cache.record(entry)
+        return entry
+
+    def take(self, job: LLMJob, entry: dict, new_paths: list[set[str]]) -> None:
+        """Record an answer (known levels kept) and its tag paths, or the item's failure."""
+        if "error" in entry:
+            self.outcome.failures[job.item] = entry["error"]
+            return
+        names = [k if k is not None else a for k, a in zip(job.known, entry["tags"])]
+        self.outcome.answers[job.item] = names
+        for level, path in enumerate(_full_paths(names)):
+            new_paths[level].add(path)
+
+    def run(self, jobs: list[LLMJob], pool: ThreadPoolExecutor | None, bar) -> None:
+        """One round: cached answers first, then the rest asked in parallel (only listed on a dry run, when
+        `pool` is None); the new tags become candidates for the next round."""
+        new_paths: list[set[str]] = [set() for _ in range(self.levels)]
+        todo = []
+        for job in jobs:
+            messages = self.messages(job)
+            key = prompt_key(self.settings.model, self.settings.temperature, messages)
+            entry = self.cache.get(key)
+            if entry is not None:
+                self.outcome.cached += 1
+                self.take(job, entry, new_paths)
+                bar.advance()
+            elif pool is None:
+                self.outcome.prompts.append({"item_key": job.item_key, "messages": messages})
+                bar.advance()
+            else:
+                todo.append((job, messages, key))
+        futures = {pool.submit(self.ask, job, messages, key): job for job, messages, key in todo}
+        for future in as_completed(futures):
+            self.take(futures[future], future.result(), new_paths)
+            bar.advance()
+            bar.show(failed=len(self.outcome.failures))
+        if self.index is not None:
+            for level in range(self.levels):
+                self.index.add(level, new_paths[level])
+
+
 def tag_with_llm(
     jobs: list[LLMJob], *, settings: LLMSettings, levels: int, cache: AnswerCache,
     vocabulary: list[set[str]], item_vectors: torch.Tensor | None, encode: Callable[[list[str]], torch.Tensor] | None,
@@ -337,76 +462,24 @@ def tag_with_llm(
     `vocabulary` holds per level the full tag paths known beforehand (from metadata); `encode`
     embeds tag texts in the space of `item_vectors` (neither is needed when settings.candidates = 0).
     """
-    use_candidates = settings.candidates > 0 and item_vectors is not None and encode is not None
-    index = CandidateIndex(levels, encode) if use_candidates else None
-    if index is not None:
+    index = None
+    if settings.candidates > 0 and item_vectors is not None and encode is not None:
+        index = CandidateIndex(levels, encode)
         for level in range(levels):
             index.add(level, vocabulary[level])
-    outcome = LLMOutcome()
-    stop = threading.Event()
+    rounds = _Rounds(settings, levels, cache, index, item_vectors, client)
     pool = None if dry_run else ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="semrec-llm")
-
-    def ask(job: LLMJob, messages: list[dict], key: str) -> dict:
-        try:
-            entry = {"key": key, "model": settings.model, "item_key": job.item_key, "tags": client.ask_tags(messages, levels, stop)}
-        except InvalidAnswer as e:
-            entry = {"key": key, "model": settings.model, "item_key": job.item_key, "error": str(e), "answer": (e.answer or "")[:500]}
-        cache.record(entry)
-        return entry
-
-    def take(job: LLMJob, entry: dict) -> list[str] | None:
-        if "error" in entry:
-            outcome.failures[job.item] = entry["error"]
-            return None
-        names = [k if k is not None else a for k, a in zip(job.known, entry["tags"])]
-        outcome.answers[job.item] = names
-        return names
-
     label = f"tagging with {settings.model or 'the LLM'}" + (" (dry run)" if dry_run else "")
     try:
         with reporter.progress(label, total=len(jobs)) as bar:
             for start in range(0, len(jobs), ROUND):
-                new_paths: list[set[str]] = [set() for _ in range(levels)]
-                todo = []
-                for job in jobs[start : start + ROUND]:
-                    candidates = [[] for _ in range(levels)]
-                    known_prefix = list(takewhile(lambda name: name is not None, job.known))
-                    for level in range(levels if index is not None else 0):
-                        if job.known[level] is None:  # offer tags under the deepest known ancestor only
-                            prefix = SEPARATOR.join(known_prefix[:level])
-                            candidates[level] = index.closest(level, item_vectors[job.item], settings.candidates, prefix)
-                    messages = build_messages(job.text, job.known, candidates)
-                    key = prompt_key(settings.model, settings.temperature, messages)
-                    entry = cache.get(key)
-                    if entry is not None:
-                        outcome.cached += 1
-                        names = take(job, entry)
-                        if names:
-                            for level, path in enumerate(_full_paths(names)):
-                                new_paths[level].add(path)
-                        bar.advance()
-                    elif dry_run:
-                        outcome.prompts.append({"item_key": job.item_key, "messages": messages})
-                        bar.advance()
-                    else:
-                        todo.append((job, messages, key))
-                futures = {pool.submit(ask, job, messages, key): job for job, messages, key in todo}
-                for future in as_completed(futures):
-                    names = take(futures[future], future.result())
-                    if names:
-                        for level, path in enumerate(_full_paths(names)):
-                            new_paths[level].add(path)
-                    bar.advance()
-                    bar.show(failed=len(outcome.failures))
-                if index is not None:
-                    for level in range(levels):
-                        index.add(level, new_paths[level])
+                rounds.run(jobs[start : start + ROUND], pool, bar)
     except BaseException:
-        stop.set()
+        rounds.stop.set()
         raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         if client is not None:
-            outcome.sent = client.sent
-    return outcome
+            rounds.outcome.sent = client.sent
+    return rounds.outcome

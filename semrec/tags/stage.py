@@ -10,50 +10,54 @@ Rare tags merge into "Other <parent>" (see metadata.py) before the gaps are fill
 import difflib
 import os
 import random
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 import polars as pl
 
 from semrec.errors import SemrecError, StageFailed
 from semrec.tags import SEPARATOR, SOURCES, join_path, source_columns, tag_columns, tag_label, tree_violations
 from semrec.tags.metadata import Grid, category_levels, fill_gaps, merge_rare
+from semrec.tags.table import read_item_tags
 from semrec.artifacts import ITEMS, TAGS
 from semrec.io import write_parquet
+from semrec.report import Reporter
+from semrec.settings import LLMSettings, Settings, TagSettings
 
 LLM_CACHE = "tags_cache/llm.jsonl"
 
 
-def _read_items(ws) -> pl.DataFrame:
-    path = ws.path(ITEMS)
+def _read_items(path: Path) -> pl.DataFrame:
     if not path.exists():
         raise SemrecError(f"no items table at {path}", "run `semrec download`")
     return pl.read_parquet(path)
 
 
-def _metadata_grid(items: pl.DataFrame, settings) -> tuple[Grid, Grid, str | None]:
+def _metadata_grid(items: pl.DataFrame, settings: TagSettings) -> tuple[Grid, Grid, str | None]:
     paths = items["category_path"].to_list() if "category_path" in items.columns else [None] * items.height
     names, root = category_levels(paths, settings.levels, settings.drop_root)
     sources = [["metadata" if n is not None else None for n in row] for row in names]
     return names, sources, root
 
 
-def _llm_wanted(settings) -> bool:
+def _llm_wanted(settings: TagSettings) -> bool:
     return settings.source == "llm" or (settings.source == "auto" and bool(settings.llm.base_url))
 
 
-def _llm_jobs(ws, items: pl.DataFrame, names: Grid):
+def _llm_jobs(items: pl.DataFrame, names: Grid, settings: Settings):
     """The items to ask, in the fixed seeded order that makes prompts (and the cache) reproducible."""
     from semrec.embed import item_texts
     from semrec.tags.llm import LLMJob
 
-    settings = ws.settings.tag
-    texts = item_texts(items, ws.settings.embed.template)
+    texts = item_texts(items, settings.embed.template)
     keys = items["item_key"].cast(pl.Utf8).to_list()
-    levels = settings.levels
-    if settings.source == "llm":
+    levels = settings.tag.levels
+    if settings.tag.source == "llm":
         jobs = [LLMJob(i, keys[i], texts[i], [None] * levels) for i in range(items.height)]
     else:
         jobs = [LLMJob(i, keys[i], texts[i], list(row)) for i, row in enumerate(names) if None in row]
-    random.Random(ws.settings.project.seed).shuffle(jobs)
+    random.Random(settings.project.seed).shuffle(jobs)
     return jobs
 
 
@@ -66,24 +70,27 @@ def _vocabulary(names: Grid, levels: int, min_count: int) -> list[set[str]]:
     return [{t for t, c in level.items() if c >= min_count} for level in counts]
 
 
-def _ask_llm(ws, items: pl.DataFrame, names: Grid, *, limit: int | None = None, dry_run: bool = False):
-    from semrec.embed import CachedEncoder, load_embeddings
+def _ask_llm(
+    items: pl.DataFrame, names: Grid, *, settings: Settings, cache_path: Path, reporter: Reporter,
+    load_vectors: Callable[[], tuple], limit: int | None = None, dry_run: bool = False,
+):
+    """Ask the LLM about the items whose `names` (the metadata grid) lack a level; `load_vectors()`
+    gives the item embeddings, needed only when the prompts offer candidate tags."""
+    from semrec.embed import CachedEncoder
     from semrec.tags.llm import AnswerCache, ChatClient, tag_with_llm
 
-    settings = ws.settings.tag
-    jobs = _llm_jobs(ws, items, names)
-    if limit is not None:
-        jobs = jobs[:limit]
-    client = None if dry_run else ChatClient(settings.llm)
+    tag = settings.tag
+    jobs = _llm_jobs(items, names, settings)[:limit]
+    client = None if dry_run else ChatClient(tag.llm)
     vectors, encoder = None, None
-    if settings.llm.candidates > 0:
-        vectors, _ = load_embeddings(ws)
-        encoder = CachedEncoder(ws.settings.embed, ws.reporter)
+    if tag.llm.candidates > 0:
+        vectors, _ = load_vectors()
+        encoder = CachedEncoder(settings.embed, reporter)
     try:
         return tag_with_llm(
-            jobs, settings=settings.llm, levels=settings.levels, cache=AnswerCache(ws.path(LLM_CACHE)),
-            vocabulary=_vocabulary(names, settings.levels, settings.min_count), item_vectors=vectors,
-            encode=encoder.encode if encoder else None, reporter=ws.reporter, client=client, dry_run=dry_run,
+            jobs, settings=tag.llm, levels=tag.levels, cache=AnswerCache(cache_path),
+            vocabulary=_vocabulary(names, tag.levels, tag.min_count), item_vectors=vectors,
+            encode=encoder.encode if encoder else None, reporter=reporter, client=client, dry_run=dry_run,
         )
     finally:
         if encoder is not None:
@@ -91,12 +98,14 @@ def _ask_llm(ws, items: pl.DataFrame, names: Grid, *, limit: int | None = None, 
 
 
 def run_tag(ws, run) -> dict:
+    from semrec.embed import load_embeddings
+
     settings = ws.settings.tag
-    items = _read_items(ws)
+    items = _read_items(ws.path(ITEMS))
     if settings.source == "llm" and not settings.llm.base_url:
         raise SemrecError("tag.source = 'llm' but no endpoint is configured", "set tag.llm.base_url and tag.llm.model, or use tag.source = 'auto'")
+    load_vectors = partial(load_embeddings, ws)
     metadata_names, sources, root = _metadata_grid(items, settings)
-    keys = items["item_key"].cast(pl.Utf8).to_list()
     figures: dict = {"items": items.height, "levels": settings.levels, "source": settings.source, "root_dropped": root}
     if settings.source == "llm":
         names = [[None] * settings.levels for _ in metadata_names]
@@ -104,30 +113,21 @@ def run_tag(ws, run) -> dict:
     else:
         names = [list(row) for row in metadata_names]
     if _llm_wanted(settings) and any(None in row for row in names):
-        outcome = _ask_llm(ws, items, metadata_names)
-        for item, answer in outcome.answers.items():
-            for level, name in enumerate(answer):
-                if names[item][level] is None:
-                    names[item][level], sources[item][level] = name, "llm"
+        cache_path = ws.path(LLM_CACHE)
+        outcome = _ask_llm(
+            items, metadata_names, settings=ws.settings, cache_path=cache_path, reporter=ws.reporter, load_vectors=load_vectors,
+        )
+        _take_llm_answers(outcome.answers, names, sources)
         figures["llm"] = outcome.figures()
         if outcome.failures:
-            first = next(iter(outcome.failures.items()))
-            ws.reporter.warn(
-                f"{len(outcome.failures)} items got no valid answer from {settings.llm.model} at {settings.llm.base_url} "
-                f"(e.g. {keys[first[0]]}: {first[1]}); they get fallback tags. A stronger model or a clearer "
-                f"prompt may help; to ask again, remove their lines from {ws.path(LLM_CACHE)}"
-            )
+            ws.reporter.warn(_llm_failure_warning(outcome.failures, items, settings.llm, cache_path))
     figures["merged_rare"] = merge_rare(names, sources, settings.min_count)
     if settings.source == "metadata":
-        filled = fill_gaps(names, sources)
-        if filled:
-            ws.reporter.warn(
-                f"{filled} items have no metadata tag at some level (a short or empty category path, or a tag rarer than "
-                f"tag.min_count = {settings.min_count}); those levels got filler tags like 'Makeup (general)'"
-            )
+        figures["fallback_items"] = _fill_with_fillers(names, sources, settings.min_count, ws.reporter)
     else:
-        filled = _fallback(ws, items, names, sources)
-    figures["fallback_items"] = filled
+        figures["fallback_items"] = _fallback(
+            items, names, sources, settings=ws.settings, reporter=ws.reporter, load_vectors=load_vectors,
+        )
     frame = _frame(items, names, sources, settings.levels)
     problems = tree_violations(frame, settings.levels)
     if problems:
@@ -141,26 +141,55 @@ def run_tag(ws, run) -> dict:
     return figures
 
 
-def _fallback(ws, items: pl.DataFrame, names: Grid, sources: Grid) -> int:
+def _take_llm_answers(answers: dict[int, list[str]], names: Grid, sources: Grid) -> None:
+    """Put the LLM's names into the levels that are still open."""
+    for item, answer in answers.items():
+        for level, name in enumerate(answer):
+            if names[item][level] is None:
+                names[item][level], sources[item][level] = name, "llm"
+
+
+def _llm_failure_warning(failures: dict[int, str], items: pl.DataFrame, llm: LLMSettings, cache_path: Path) -> str:
+    item, error = next(iter(failures.items()))
+    return (
+        f"{len(failures)} items got no valid answer from {llm.model} at {llm.base_url} "
+        f"(e.g. {items['item_key'].cast(pl.Utf8)[item]}: {error}); they get fallback tags. A stronger model or a clearer "
+        f"prompt may help; to ask again, remove their lines from {cache_path}"
+    )
+
+
+def _fill_with_fillers(names: Grid, sources: Grid, min_count: int, reporter: Reporter) -> int:
+    """tag.source = metadata: the levels still open get filler tags; says how many items that touched."""
+    filled = fill_gaps(names, sources)
+    if filled:
+        reporter.warn(
+            f"{filled} items have no metadata tag at some level (a short or empty category path, or a tag rarer than "
+            f"tag.min_count = {min_count}); those levels got filler tags like 'Makeup (general)'"
+        )
+    return filled
+
+
+def _fallback(
+    items: pl.DataFrame, names: Grid, sources: Grid, *, settings: Settings, reporter: Reporter, load_vectors: Callable[[], tuple],
+) -> int:
     """Fill the levels still unknown by clustering the embeddings, and say how many items that touched."""
-    settings = ws.settings.tag
+    tag = settings.tag
     if not any(None in row for row in names):
         return 0
-    from semrec.embed import load_embeddings
     from semrec.tags.cluster import fill_by_clustering
 
-    vectors, _ = load_embeddings(ws)
+    vectors, _ = load_vectors()
     titles = items["title"].to_list() if "title" in items.columns else [None] * items.height
     filled = fill_by_clustering(
         names, sources, vectors, titles,
-        branching=settings.fallback_branching, min_size=settings.min_count, seed=ws.settings.project.seed,
+        branching=tag.fallback_branching, min_size=tag.min_count, seed=settings.project.seed,
     )
     keys = items["item_key"].cast(pl.Utf8).to_list()
     examples = [keys[i] for i, row in enumerate(sources) if "fallback" in row][:5]
-    why = "" if settings.llm.base_url else "; no LLM endpoint is configured (set tag.llm.base_url and tag.llm.model to ask one)"
-    ws.reporter.warn(
+    why = "" if tag.llm.base_url else "; no LLM endpoint is configured (set tag.llm.base_url and tag.llm.model to ask one)"
+    reporter.warn(
         f"{filled} items got fallback tags (clustering of the embeddings, labelled by title words) at levels that "
-        f"neither metadata nor an LLM gave them, or below a tag rarer than tag.min_count = {settings.min_count}"
+        f"neither metadata nor an LLM gave them, or below a tag rarer than tag.min_count = {tag.min_count}"
         f"{why}; e.g. {', '.join(examples)}"
     )
     return filled
@@ -199,7 +228,7 @@ def show_item(ws, item_key: str) -> dict:
     """One item's text and tag path; an unknown key is an error that suggests the closest keys."""
     if ws.state("tag").state != "done":
         ws.ensure("tag")
-    items = _read_items(ws)
+    items = _read_items(ws.path(ITEMS))
     keys = items["item_key"].cast(pl.Utf8).to_list()
     if item_key not in keys:
         close = _near_keys(item_key, keys)
@@ -208,20 +237,20 @@ def show_item(ws, item_key: str) -> dict:
             f"did you mean {', '.join(close)}?" if close else "item keys are the source's ids, e.g. " + ", ".join(keys[:3]),
         )
     row = keys.index(item_key)
-    levels = ws.settings.tag.levels
-    tags = pl.read_parquet(ws.path(TAGS)).row(row, named=True)
+    tags = read_item_tags(ws.path(TAGS), [row]).get(row)
+    if tags is None:
+        raise SemrecError(f"{ws.path(TAGS)} has no tags for item {item_key!r}", "run `semrec tag --force` to tag the current catalogue")
     from semrec.embed import item_texts
 
     text = item_texts(items[row], ws.settings.embed.template)[0]
-    path = [tags[c] for c in tag_columns(levels)]
     return {
         "item": row,
         "item_key": item_key,
         "title": items["title"][row] if "title" in items.columns else None,
         "text": text,
-        "tags": [tag_label(t) for t in path],
-        "tag_path": path[-1],
-        "sources": [tags[c] for c in source_columns(levels)],
+        "tags": [tag_label(t) for t in tags.tags],
+        "tag_path": tags.tags[-1],
+        "sources": tags.sources,
     }
 
 
@@ -240,9 +269,14 @@ def tag_sample(ws, limit: int | None, dry_run: bool) -> dict:
     if limit < 1:
         raise SemrecError(f"--limit {limit} must be at least 1")
     ws.ensure("embed")
-    items = _read_items(ws)
+    from semrec.embed import load_embeddings
+
+    items = _read_items(ws.path(ITEMS))
     names, _, _ = _metadata_grid(items, settings)
-    outcome = _ask_llm(ws, items, names, limit=limit, dry_run=dry_run)
+    outcome = _ask_llm(
+        items, names, settings=ws.settings, cache_path=ws.path(LLM_CACHE), reporter=ws.reporter,
+        load_vectors=partial(load_embeddings, ws), limit=limit, dry_run=dry_run,
+    )
     keys = items["item_key"].cast(pl.Utf8).to_list()
     result = {"items": len(outcome.answers) + len(outcome.failures) + len(outcome.prompts), **outcome.figures()}
     if dry_run:

@@ -13,8 +13,8 @@ import torch
 
 from semrec.data.tables import read_table
 from semrec.errors import SemrecError
-from semrec.tags import tag_columns_in
-from semrec.tokenizer.fit import load_tags, load_tokenizer
+from semrec.tags.table import read_item_tags, read_tags
+from semrec.tokenizer.fit import load_tokenizer
 from semrec.tokenizer.health import tokenizer_health
 from semrec.artifacts import EMBEDDINGS, ITEMS, SEMANTIC_IDS, TAGS
 from semrec.io import atomic_path, write_parquet
@@ -48,10 +48,8 @@ def semantic_id_frame(items: torch.Tensor, codes: torch.Tensor, dedup: torch.Ten
 
 def _tags_for_health(ws, n_items: int) -> list[list[str]] | None:
     """Tags of every item for the NMI figures; None (with a note) when the tags do not cover them."""
-    if not ws.path(TAGS).exists():
-        return None
     try:
-        return load_tags(ws, n_items)
+        return read_tags(ws.path(TAGS), n_items)
     except SemrecError:
         ws.reporter.warn(f"{ws.path(TAGS)} does not cover all {n_items} items; the NMI with the tags is left out")
         return None
@@ -191,11 +189,9 @@ def show_item(ws, item_key: str) -> dict:
         "title": own["title"],
         "semantic_id": [own[c] for c in code_columns] + [own["dedup"]],
     }
-    if ws.path(TAGS).exists():
-        tags = pl.read_parquet(ws.path(TAGS)).filter(pl.col("item") == item)
-        if tags.height:
-            row = tags.row(0, named=True)
-            result["tags"] = [row[c] for c in tag_columns_in(tags.columns)]
+    tags = read_item_tags(ws.path(TAGS), [item]).get(item)
+    if tags is not None:
+        result["tags"] = tags.tags
     for depth in (1, 2):
         prefix = pl.all_horizontal([pl.col(c) == own[c] for c in code_columns[:depth]])
         others = ids.filter(prefix & (pl.col("item") != item)).sort("item")
