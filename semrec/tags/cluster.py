@@ -18,9 +18,9 @@ from collections import Counter
 
 import torch
 
+from semrec.kmeans import kmeans
 from semrec.tags import SEPARATOR, clean_name
 from semrec.tags.metadata import Grid, filler
-from semrec.tokenizer.kmeans import kmeans
 
 _WORD = re.compile(r"[a-z][a-z'&-]*[a-z]")
 _STOPWORDS = frozenset(
