@@ -1,7 +1,8 @@
 """Vectorised k-means in torch: k-means++ seeding, an iteration cap, empty clusters re-seeded.
 
-Used to initialise codebooks and, level after level over the residuals, as the `rqkmeans`
-tokenizer (GRID, Snap 2025, found residual k-means competitive with a trained RQ-VAE). Every
+Used to initialise the quantiser's codebooks, level after level over the residuals as the
+`rqkmeans` tokenizer (GRID, Snap 2025, found residual k-means competitive with a trained
+RQ-VAE), and to split items into clusters for the fallback tags (semrec.tags.cluster). Every
 random choice comes from a generator seeded with `seed`, so the same data and seed give the
 same centroids on the same device.
 """

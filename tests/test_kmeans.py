@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from semrec.tokenizer.kmeans import assign_residual, balanced_assign, kmeans, residual_kmeans, squared_distances
+from semrec.kmeans import assign_residual, balanced_assign, kmeans, residual_kmeans, squared_distances
 
 
 def clustered(n_clusters=8, per_cluster=40, dim=6, spread=0.05, seed=0):

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from semrec.errors import SemrecError, StageFailed
+from semrec.artifacts import EMBEDDINGS, TAGS, TOKENIZER
 from semrec.tokenizer import fit
 from semrec.tokenizer.fit import fit_tokenizer, load_tokenizer, read_tokenizer, save_tokenizer
-from semrec.artifacts import EMBEDDINGS, TAGS, TOKENIZER
+from semrec.tokenizer.rqvae import TokenizerTask
 from semrec.workspace import StageRun
 
 DIM = 384
@@ -75,7 +76,9 @@ def test_fit_writes_model_config_and_metrics_without_collapse(small_workspace, k
     metrics = json.loads((folder / "metrics.json").read_text())
     assert config["kind"] == kind and config["levels"] == 3 and config["codebook_size"] == 16
     assert config["embedding_dim"] == DIM and config["embedding_model"] == ws.settings.embed.model
-    assert (folder / "model.safetensors").exists()
+    assert (folder / "model.safetensors").exists() and "model" in config  # every kind is rebuilt from config["model"]
+    if kind == "rqkmeans":  # its codebooks are the buffers of an nn.Module, saved through its state_dict
+        assert set(load_file(str(folder / "model.safetensors"))) == {"codebook_0", "codebook_1", "codebook_2"}
     for key in ("reconstruction_error", "usage", "perplexity", "collision_rate", "fit_seconds"):
         assert key in metrics, key
     # no collapse: most codes of every level are in use on 300 items and 16 codes, none dominates
@@ -90,7 +93,7 @@ def test_fit_writes_model_config_and_metrics_without_collapse(small_workspace, k
         assert len(metrics["tag_accuracy"]) == 3
         assert metrics["tag_accuracy"][0] > max(0.6, majority)  # the level-1 head learned the top tags
     if kind != "rqkmeans":
-        assert metrics["steps"] == config["settings"]["steps"]
+        assert metrics["steps"] == config["settings"]["tokenizer.train"]["steps"]
 
 
 @pytest.mark.parametrize("kind", ["rqvae", "rqkmeans"])
@@ -117,17 +120,17 @@ def test_resume_matches_uninterrupted_run(small_workspace, monkeypatch, grad_mod
 
     ws = small_workspace("rqvae", **{"tokenizer.rqvae.grad_mode": grad_mode})
     ws.ensure("embed")
-    original_batch = fit.TokenizerTask.batch
+    original_batch = TokenizerTask.batch
 
     def interrupted_batch(self, step):
         if step == 30:  # after the checkpoint of step 20
             raise KeyboardInterrupt
         return original_batch(self, step)
 
-    monkeypatch.setattr(fit.TokenizerTask, "batch", interrupted_batch)
+    monkeypatch.setattr(TokenizerTask, "batch", interrupted_batch)
     with pytest.raises(KeyboardInterrupt):
         ws.ensure("fit-tokenizer")
-    monkeypatch.setattr(fit.TokenizerTask, "batch", original_batch)
+    monkeypatch.setattr(TokenizerTask, "batch", original_batch)
     fitted(ws)
     assert any("resuming" in m for _, m in ws.reporter.messages)
     a = load_file(str(straight.path(TOKENIZER) / "model.safetensors"))
@@ -176,7 +179,7 @@ def test_codebook_larger_than_the_catalogue_is_a_clear_error(small_workspace):
 
 def test_nan_loss_stops_with_the_loss_part_and_step(small_workspace, monkeypatch):
     ws = small_workspace("rqvae")
-    original_loss = fit.TokenizerTask.loss
+    original_loss = TokenizerTask.loss
 
     def poisoned(self, index):
         loss, parts = original_loss(self, index)
@@ -185,7 +188,7 @@ def test_nan_loss_stops_with_the_loss_part_and_step(small_workspace, monkeypatch
             loss = loss * float("nan")
         return loss, parts
 
-    monkeypatch.setattr(fit.TokenizerTask, "loss", poisoned)
+    monkeypatch.setattr(TokenizerTask, "loss", poisoned)
     with pytest.raises(StageFailed, match=r"recon.*step 2[5-7]"):
         fitted(ws)
     assert (ws.path(TOKENIZER) / "checkpoints" / "last.safetensors").exists()

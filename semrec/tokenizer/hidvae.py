@@ -9,8 +9,11 @@ On top of the RQ-VAE losses, for each supervised level l (levels 1..min(L, tag l
   whose full code tuples are equal: a hinge on their cosine similarity above a margin.
 The tag texts are embedded once, at fitting time, and kept in the model as buffers, so the model
 file alone can be loaded without the sentence model.
+
+`HiDVAETokenizer` is the `hidvae` kind: fitted like `rqvae`, with the tags of tags.parquet.
 """
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -19,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semrec.tokenizer.rqvae import RQVAE, RQVAEConfig
+from semrec.settings import TokenizerSettings
+from semrec.tokenizer.base import FitInputs
+from semrec.tokenizer.rqvae import RQVAE, RQVAEConfig, RQVAETokenizer, TokenizerTask
 
 OTHER = "(other)"
 
@@ -34,6 +39,24 @@ class HiDVAEConfig(RQVAEConfig):
     align_temperature: float = 0.1
     unique_weight: float = 1.0
     unique_margin: float = 0.5
+
+    @classmethod
+    def from_settings(
+        cls, settings: TokenizerSettings, input_dim: int, seed: int, *, tag_classes: list[int], text_dim: int
+    ):
+        """RQVAEConfig.from_settings, plus [tokenizer.hidvae] and the sizes of the tag vocabulary."""
+        hid = settings.hidvae
+        return dataclasses.replace(
+            super().from_settings(settings, input_dim, seed),
+            tag_classes=list(tag_classes),
+            text_dim=text_dim,
+            tag_weight=hid.tag_weight,
+            focal_gamma=hid.focal_gamma,
+            align_weight=hid.align_weight,
+            align_temperature=hid.align_temperature,
+            unique_weight=hid.unique_weight,
+            unique_margin=hid.unique_margin,
+        )
 
 
 class HiDVAEOutput(NamedTuple):
@@ -161,3 +184,54 @@ class HiDVAE(RQVAE):
             predictions.append(torch.stack([l.argmax(-1) for l in logits], -1))
         self.train(was_training)
         return torch.cat(predictions)
+
+
+# -- the `hidvae` tokenizer kind ----------------------------------------------------------------
+class TaggedTask(TokenizerTask):
+    """TokenizerTask with the tag ids (N, supervised levels) of the items."""
+
+    def __init__(self, model: HiDVAE, embeddings: torch.Tensor, tags: torch.Tensor, batch_size: int, seed: int):
+        super().__init__(model, embeddings, batch_size, seed)
+        self.tags = tags
+
+    def loss(self, index: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        out = self.model(self.embeddings[index], self.tags[index])
+        parts = {
+            "recon": out.reconstruction_loss,
+            "vq": out.quantize_loss,
+            "tag": out.tag_loss,
+            "align": out.align_loss,
+            "unique": out.unique_loss,
+        }
+        return out.loss, {name: part.detach() for name, part in parts.items()}
+
+
+class HiDVAETokenizer(RQVAETokenizer):
+    """config.json also holds "tag_names": the tag classes of each supervised level."""
+
+    model_class, config_class = HiDVAE, HiDVAEConfig
+    model: HiDVAE
+
+    @classmethod
+    def fit(cls, inputs: FitInputs) -> tuple["HiDVAETokenizer", dict]:
+        settings, seed = inputs.settings.tokenizer, inputs.seed
+        torch.manual_seed(seed)
+        tag_ids, names = tag_vocabulary(inputs.tags[: settings.levels], settings.hidvae.tag_min_count)
+        texts = inputs.encode_tag_texts([tag_text(n) for level in names for n in level])
+        sizes = [len(level) for level in names]
+        model = HiDVAE(HiDVAEConfig.from_settings(
+            settings, int(inputs.embeddings.shape[1]), seed, tag_classes=sizes, text_dim=int(texts.shape[1])
+        ))
+        model.set_tag_texts(list(torch.split(texts.float(), sizes)))  # one (n_l, text_dim) block per level
+        model.to(inputs.device)
+        tokenizer = cls.fitted(inputs, model, tag_names=names)
+        x = inputs.embeddings.to(inputs.device).float()
+        task = TaggedTask(model, x, tag_ids.to(inputs.device), settings.train.batch_size, seed)
+        return tokenizer, tokenizer.train_model(task, inputs)
+
+    def extra_metrics(self, embeddings: torch.Tensor, tags: list[list[str]]) -> dict:
+        """Accuracy of the tag heads per supervised level, over every item."""
+        names = self.config["tag_names"]
+        predicted = self.model.predict_tags(embeddings.to(self.device).float()).cpu()
+        truth, _ = tag_vocabulary(tags[: len(names)], self.config["settings"]["tokenizer.hidvae"]["tag_min_count"])
+        return {"tag_accuracy": [float(a) for a in (predicted == truth).float().mean(0)]}

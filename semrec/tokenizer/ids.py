@@ -63,7 +63,7 @@ def run_tokenize(ws, run) -> dict:
     codes, gaps, _ = tokenizer.assign(embeddings)
     dedup = collision_tokens(codes, gaps)
     write_parquet(semantic_id_frame(torch.arange(codes.shape[0]), codes, dedup), ws.path(SEMANTIC_IDS))
-    health = tokenizer_health(codes, tokenizer.codebook_size, _tags_for_health(ws, codes.shape[0]))
+    health = tokenizer_health(codes, tokenizer.config["codebook_size"], _tags_for_health(ws, codes.shape[0]))
     figures = {
         "kind": tokenizer.config["kind"],
         "items": health["items"],

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semrec.tokenizer.kmeans import kmeans
+from semrec.kmeans import kmeans
 
 DISTANCES = ("l2", "cosine")
 GRAD_MODES = ("ste", "rotation", "gumbel")

@@ -2,6 +2,9 @@
 
 embedding (d) → encoder → latent (32) → L residual codebooks → sum of codewords → decoder → d.
 loss = reconstruction + Σ_levels (codebook + β·commitment).
+
+`RQVAETokenizer` is the `rqvae` kind (semrec.tokenizer.base): the codebooks are k-means
+initialised on a sample of the items, then the model is trained by semrec.train.
 """
 
 from dataclasses import dataclass, field
@@ -10,7 +13,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from semrec.settings import TokenizerSettings
+from semrec.tokenizer.base import FitInputs, ModuleTokenizer
 from semrec.tokenizer.quantize import ResidualQuantizer
+
+INIT_SAMPLE = 16384  # items the codebooks are k-means initialised on (all of them below this)
 
 
 @dataclass
@@ -28,6 +35,26 @@ class RQVAEConfig:
     kmeans_iters: int = 50
     dead_after: int = 20  # steps a code may stay unused before it is re-seeded (0 = never)
     seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: TokenizerSettings, input_dim: int, seed: int):
+        """From [tokenizer], [tokenizer.rqvae] and the training steps of [tokenizer.train]."""
+        vae = settings.rqvae
+        return cls(
+            input_dim=input_dim,
+            hidden_dims=list(vae.hidden_dims),
+            latent_dim=vae.latent_dim,
+            levels=settings.levels,
+            codebook_size=settings.codebook_size,
+            distance=vae.distance,
+            grad_mode=vae.grad_mode,
+            beta=vae.beta,
+            gumbel_temperature=list(vae.gumbel_temperature),
+            anneal_steps=settings.train.steps,
+            kmeans_iters=settings.kmeans_iters,
+            dead_after=vae.dead_code_steps if vae.revive_dead_codes else 0,
+            seed=seed,
+        )
 
 
 class RQVAEOutput(NamedTuple):
@@ -99,3 +126,52 @@ class RQVAE(nn.Module):
             errors.append((out.reconstruction.float() - part.float()).pow(2).sum(-1))
         self.train(was_training)
         return torch.cat(codes), torch.cat(gaps), torch.cat(errors)
+
+
+# -- the `rqvae` tokenizer kind -----------------------------------------------------------------
+class TokenizerTask:
+    """The training task of `semrec.train.train`: batches of item embeddings (N, d) on the model's device."""
+
+    def __init__(self, model: RQVAE, embeddings: torch.Tensor, batch_size: int, seed: int):
+        self.model, self.embeddings = model, embeddings
+        self.batch_size, self.seed = batch_size, seed
+
+    def batch(self, step: int) -> torch.Tensor:
+        from semrec.train import epoch_indices
+
+        return epoch_indices(self.embeddings.shape[0], self.batch_size, step, self.seed).to(self.embeddings.device)
+
+    def loss(self, index: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        out = self.model(self.embeddings[index])
+        return out.loss, {"recon": out.reconstruction_loss.detach(), "vq": out.quantize_loss.detach()}
+
+
+class RQVAETokenizer(ModuleTokenizer):
+    """The codebooks are k-means initialised on a sample of the items, then the whole model is trained."""
+
+    model_class, config_class = RQVAE, RQVAEConfig
+    model: RQVAE
+
+    @classmethod
+    def fit(cls, inputs: FitInputs) -> tuple["RQVAETokenizer", dict]:
+        settings, seed = inputs.settings.tokenizer, inputs.seed
+        torch.manual_seed(seed)
+        model = RQVAE(RQVAEConfig.from_settings(settings, int(inputs.embeddings.shape[1]), seed)).to(inputs.device)
+        tokenizer = cls.fitted(inputs, model)
+        x = inputs.embeddings.to(inputs.device).float()
+        return tokenizer, tokenizer.train_model(TokenizerTask(model, x, settings.train.batch_size, seed), inputs)
+
+    def train_model(self, task: TokenizerTask, inputs: FitInputs) -> dict:
+        """k-means initialise the codebooks on a sample of the task's items, train; the run's summary."""
+        from semrec.train import TrainConfig, train
+
+        x, seed = task.embeddings, inputs.seed
+        sample = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:INIT_SAMPLE]
+        self.model.initialize(x[sample.to(x.device)])
+        config = TrainConfig.from_settings(
+            inputs.settings.tokenizer.train, seed=seed, device=str(inputs.device),
+            description=f"fitting the {self.config['kind']} tokenizer",
+        )
+        result = train(task, config, inputs.checkpoint_dir, inputs.fingerprint, inputs.reporter, resume=inputs.resume)
+        self.model.eval()
+        return {"steps": result.steps, "history": result.history}
