@@ -142,7 +142,7 @@ class TrainingSettings:
     )
 
 
-def training(**defaults) -> TrainingSettings:
+def training_block(**defaults) -> TrainingSettings:
     """A `train` sub-table whose defaults suit one stage."""
     return field(default_factory=lambda: TrainingSettings(**defaults))
 
@@ -195,7 +195,7 @@ class TokenizerSettings:
     codebook_size: int = setting(256, "Codes per level.", min=2)
     kmeans_iters: int = setting(50, "Iteration cap of k-means (codebook initialisation and rqkmeans).", min=1)
     device: str = setting("auto", "auto, cpu, cuda, ...")
-    train: TrainingSettings = training(steps=1000, batch_size=1024, checkpoint_every=500)
+    train: TrainingSettings = training_block(steps=1000, batch_size=1024, checkpoint_every=500)
     rqvae: RQVAESettings = field(default_factory=RQVAESettings)
     hidvae: HiDVAESettings = field(default_factory=HiDVAESettings)
     rqkmeans: RQKMeansSettings = field(default_factory=RQKMeansSettings)
@@ -207,6 +207,10 @@ class RetrieverSettings:
 
     arch: str = setting("encoder-decoder", "TIGER's encoder-decoder, or one causal stack (decoder-only).",
                         choices="architectures")
+    training: Literal["causal", "prefix"] = setting(
+        "causal", "causal: one pass over a window predicts every item in it (linear in the history length); "
+        "prefix: TIGER's examples, one per target with its whole history.",
+    )
     max_seq_len: int = setting(20, "Longest history (in items) the retriever reads; 20 for Amazon as published.", min=1)
     d_model: int = setting(128, "Model width.", min=8)
     heads: int = setting(6, "Attention heads.", min=1)
@@ -215,6 +219,7 @@ class RetrieverSettings:
     decoder_layers: int = setting(4, "Decoder layers.", min=1)
     ff_dim: int = setting(1024, "Feed-forward width.", min=8)
     dropout: float = setting(0.1, "Dropout.", min=0, max=0.9)
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy of every target token.", min=0, max=0.5)
     user_bins: int = setting(2000, "User-id hash buckets (0 = no user token).", min=0)
     eval_every: int = setting(1000, "Validate (Recall@10, NDCG@10 on the validation targets) every N steps.", min=1)
     patience: int = setting(5, "Stop after this many validations without improvement (0 = never).", min=0)
@@ -222,7 +227,7 @@ class RetrieverSettings:
     valid_beam_size: int = setting(20, "Beam width of the validation that selects the checkpoint.", min=10)
     compile: bool = setting(False, "torch.compile the model on CUDA.")
     device: str = setting("auto", "auto, cpu, cuda, ...")
-    train: TrainingSettings = training(steps=20000, batch_size=256, weight_decay=0.035, warmup_steps=500)
+    train: TrainingSettings = training_block(steps=20000, batch_size=256, weight_decay=0.035, warmup_steps=500)
 
 
 @section

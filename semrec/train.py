@@ -69,13 +69,14 @@ def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def epoch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+def epoch_indices(n: int, batch_size: int, step: int, seed: int, drop_last: bool = True) -> torch.Tensor:
     """Indices of the examples of `step`: consecutive slices of a fresh seeded permutation per epoch.
 
     A pure function of its arguments, so the data order after a resume equals the uninterrupted one.
-    The tail that does not fill a batch is left out of that epoch (it is in the next one's shuffle).
+    drop_last: the tail that does not fill a batch is left out of that epoch (it is in the next one's
+    shuffle); else it is the epoch's last, smaller batch, so every example is seen once per epoch.
     """
-    per_epoch = max(1, n // batch_size)
+    per_epoch = max(1, n // batch_size if drop_last else -(-n // batch_size))
     epoch, k = divmod(step, per_epoch)
     perm = _permutation(n, seed, epoch)
     return perm if n <= batch_size else perm[k * batch_size : (k + 1) * batch_size]

@@ -44,10 +44,13 @@ def histories(ids: torch.Tensor, b: int = 4) -> tuple[torch.Tensor, torch.Tensor
 def exhaustive_scores(model: Retriever, ids: torch.Tensor, history: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
     """Every item's log-likelihood for every user, by teacher forcing: (B, N)."""
     b, n = len(history), len(ids)
-    batch = Batch(history.repeat_interleave(n, 0), user.repeat_interleave(n), ids.repeat(b, 1))
+    items = torch.cat([history.repeat_interleave(n, 0), ids.repeat(b, 1)[:, None]], 1)  # each item after each history
+    targets = torch.zeros(items.shape[:2], dtype=torch.bool)
+    targets[:, -1] = True
     with torch.no_grad():
-        logits = model(batch).logits
-    logp = torch.stack([torch.log_softmax(lg, -1).gather(1, batch.target[:, p:p + 1])[:, 0] for p, lg in enumerate(logits)])
+        logits = model(Batch(items, user.repeat_interleave(n), targets)).logits
+    target = ids.repeat(b, 1)
+    logp = torch.stack([torch.log_softmax(lg, -1).gather(1, target[:, p:p + 1])[:, 0] for p, lg in enumerate(logits)])
     return logp.sum(0).view(b, n)
 
 

@@ -153,12 +153,14 @@ def test_fitting_a_tiny_model_lowers_the_validation_loss_and_beats_popularity(fi
 
 
 @pytest.mark.slow
-def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch):
+@pytest.mark.parametrize("mode", ["causal", "prefix"])
+def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch, mode):
     from safetensors.torch import load_file
 
     from semrec.retriever.data import Batches
 
-    settings = {"retriever.train.steps": 30, "retriever.eval_every": 10, "retriever.train.checkpoint_every": 10}
+    settings = {"retriever.train.steps": 30, "retriever.eval_every": 10, "retriever.train.checkpoint_every": 10,
+                "retriever.training": mode, "retriever.dropout": 0.1}
     straight = prepared_workspace(make_workspace, **settings)
     run_fit_retriever(straight, StageRun("fit-retriever", "fp"))
 

@@ -14,28 +14,37 @@ from test_evaluate import TINY, use_synthetic_tokenizer
 
 
 class BagOfItems(Retriever):
-    """The mean of the history's embeddings, added to each target input: no attention at all."""
+    """Each target reads the mean embedding of the items before it, added to its own inputs: no attention."""
 
     def build_layers(self, cfg: RetrieverConfig) -> None:
         self.mix = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def _pooled(self, history: Tensor, user: Tensor) -> Tensor:
-        x, valid = self._embed_history(history, user, eos=False)
-        return self.mix((x * valid[..., None]).sum(1) / valid.sum(1, keepdim=True))  # (B, d)
+    def _item_means(self, items: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, n, L+1) -> the mean token embedding of each item (B, n, d), and which items are real (B, n)."""
+        real = items[..., 0] >= 0
+        return self.tokens(self._item_tokens(items)).mean(2) * real[..., None], real
 
     def forward(self, batch: Batch) -> Output:
-        y = self._embed_target(batch.target[:, : self.cfg.levels])  # (B, L+1, d)
-        return self.output(y + self._pooled(batch.history, batch.user)[:, None], batch.target)
+        items = batch.items
+        b, n, size = items.shape
+        means, real = self._item_means(items)
+        sums, counts = means.cumsum(1), real.cumsum(1).clamp(min=1)[..., None]
+        before = torch.cat([torch.zeros_like(sums[:, :1]), (sums / counts)[:, :-1]], 1)  # (B, n, d)
+        y = self._embed_target(items[..., :-1].reshape(b * n, size - 1), self.item_positions(items).reshape(-1), bos=True)
+        y = y.view(b, n, size, -1) + self.mix(before)[:, :, None]
+        return self.output(y[batch.targets], items[batch.targets])
 
     @torch.no_grad()
     def start(self, history: Tensor, user: Tensor) -> Context:
-        return Context([(self._pooled(history, user),)], history[:, :, 0] >= 0)
+        means, real = self._item_means(history)
+        context = means.sum(1) / real.sum(1, keepdim=True)
+        return Context([(self.mix(context),)], real, position=real.sum(1))
 
     @torch.no_grad()
     def step_logits(self, context: Context, prefix: Tensor) -> Tensor:
         b, w, p = prefix.shape
-        pooled = context.kv[0][0].repeat_interleave(w, 0)  # (B*W, d)
-        h = self.norm(self._embed_target(prefix.reshape(b * w, p))[:, -1] + pooled)
+        y = self._embed_target(prefix.reshape(b * w, p), context.position.repeat_interleave(w), bos=True)
+        h = self.norm(y[:, -1] + context.kv[0][0].repeat_interleave(w, 0))
         return self._position_logits(h, p).float().view(b, w, -1)
 
 

@@ -1,4 +1,5 @@
-"""The retriever model: decoding equals teacher forcing, checkpoints rebuild the model or refuse clearly."""
+"""The retriever model: decoding equals teacher forcing, all-positions training equals TIGER's prefix
+examples, no target sees itself or a later item, checkpoints rebuild the model or refuse clearly."""
 
 import pytest
 import torch
@@ -25,7 +26,23 @@ def random_batch(cfg: RetrieverConfig, b: int = 5, n: int = 4, seed: int = 0) ->
     user = torch.randint(0, max(cfg.user_bins, 1), (b,), generator=g)
     user[1] = -1
     target = (torch.rand(b, cfg.positions, generator=g) * sizes).long()
-    return Batch(history, user if cfg.user_bins else torch.full((b,), -1), target)
+    return window(history, target, user if cfg.user_bins else torch.full((b,), -1))
+
+
+def window(history: torch.Tensor, target: torch.Tensor, user: torch.Tensor) -> Batch:
+    """A history (B, n, L+1) and its next item (B, L+1) as one window whose last item is the target."""
+    items = torch.cat([history, target[:, None]], 1)
+    targets = torch.zeros(items.shape[:2], dtype=torch.bool)
+    targets[:, -1] = True
+    return Batch(items, user, targets)
+
+
+def history_of(batch: Batch) -> torch.Tensor:
+    return batch.items[:, :-1]
+
+
+def target_of(batch: Batch) -> torch.Tensor:
+    return batch.items[:, -1]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -37,9 +54,9 @@ def test_decoding_steps_equal_teacher_forced_logits(arch, beams):
     batch = random_batch(cfg)
     with torch.no_grad():
         logits = model(batch).logits
-    context = model.start(batch.history, batch.user)
+    context = model.start(history_of(batch), batch.user)
     for p in range(cfg.positions):
-        prefix = batch.target[:, None, :p].expand(-1, beams, -1)  # (B, W, p): every beam holds the same prefix
+        prefix = target_of(batch)[:, None, :p].expand(-1, beams, -1)  # (B, W, p): every beam holds the same prefix
         step = model.step_logits(context, prefix)
         assert step.shape == (5, beams, cfg.level_sizes[p])
         torch.testing.assert_close(step, logits[p][:, None].expand_as(step), atol=1e-5, rtol=1e-4)
@@ -51,7 +68,8 @@ def test_padding_does_not_change_the_prediction(arch):
     cfg = tiny_config(arch)
     model = build_retriever(cfg).eval()
     batch = random_batch(cfg, b=2, n=2)
-    padded = Batch(torch.cat([torch.full((2, 2, cfg.positions), -1), batch.history], 1), batch.user, batch.target)
+    padded = Batch(torch.cat([torch.full((2, 2, cfg.positions), -1), batch.items], 1), batch.user,
+                   torch.cat([torch.zeros(2, 2, dtype=torch.bool), batch.targets], 1))
     with torch.no_grad():
         for a, b in zip(model(batch).logits, model(padded).logits):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -61,7 +79,7 @@ def test_user_token_changes_the_prediction_only_when_enabled():
     torch.manual_seed(0)
     model = build_retriever(tiny_config("encoder-decoder")).eval()
     batch = random_batch(model.cfg, b=2)
-    other = Batch(batch.history, (batch.user + 1) % model.cfg.user_bins, batch.target)
+    other = batch._replace(user=(batch.user + 1) % model.cfg.user_bins)
     with torch.no_grad():
         assert not torch.allclose(model(batch).logits[0], model(other).logits[0])
     assert build_retriever(tiny_config("encoder-decoder", user_bins=0)).tokens.num_embeddings == 3 + 3 * 5 + 3

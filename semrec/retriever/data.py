@@ -1,8 +1,15 @@
 """The retriever's data: items as semantic-ID codes, users as leave-one-out item sequences.
 
-Training examples follow TIGER: every prefix of a user's training sequence (all items but the last
-two) predicts the item that follows it. The validation target (second-to-last item) is used for
-model selection only; the test target (last item) is read only by `semrec eval`.
+A training example is a window of a user's training sequence (all items but the last two) and the
+items of it that are targets, each predicted from the window's items before it:
+- "causal" (all positions): a user's sequence is cut from its end into windows of at most
+  max_seq_len + 1 items that share one item at their joints; every item of a window but its first
+  is a target. Every training target is predicted exactly once per epoch, and an epoch costs the
+  tokens the users have.
+- "prefix" (TIGER): one window per target, the max_seq_len items before it and the target itself,
+  which is the only one predicted. An epoch costs the sum of the history lengths.
+The validation target (second-to-last item) is used for model selection only; the test target
+(last item) is read only by `semrec eval`.
 """
 
 import hashlib
@@ -98,37 +105,59 @@ def history_codes(codes: Tensor, items: Tensor) -> Tensor:
     return torch.where(items[..., None] >= 0, codes[items.clamp(min=0)], -1)  # (B, n, L+1)
 
 
+def training_windows(lengths: Tensor, max_seq_len: int, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Windows over sequences packed back to back: (start, end, first_target) indices into the packed
+    items, end and first_target inclusive, one row per window (see the module docstring)."""
+    starts = torch.cumsum(lengths, 0) - lengths
+    owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (sum lengths,)
+    position = torch.arange(int(lengths.sum())) - starts[owner]  # index within the user's sequence
+    if mode == "prefix":
+        end = torch.nonzero(position > 0)[:, 0]  # every item with one before it is a target
+        start = torch.maximum(end - max_seq_len, starts[owner[end]])
+        return start, end, end
+    if mode != "causal":
+        raise ValueError(f"training mode must be 'causal' or 'prefix', got {mode!r}")
+    # window ends counted back from each sequence's last item in steps of max_seq_len
+    from_end = lengths[owner] - 1 - position
+    end = torch.nonzero((from_end % max_seq_len == 0) & (position > 0))[:, 0]
+    start = torch.maximum(end - max_seq_len, starts[owner[end]])
+    return start, end, start + 1
+
+
 class Sequences:
-    """The users of the splits, their training examples and their validation and test histories."""
+    """The users of the splits, their training windows and their validation and test histories."""
 
     def __init__(self, flat: Tensor, lengths: Tensor, valid: Tensor, test: Tensor, users: Tensor, bins: Tensor,
-                 max_seq_len: int):
+                 max_seq_len: int, mode: str = "causal"):
         """flat: every user's training items, concatenated; lengths: (U,) items per user."""
         self.flat, self.lengths, self.valid, self.test = flat, lengths, valid, test
         self.users, self.bins, self.max_seq_len = users, bins, max_seq_len
-        starts = torch.cumsum(lengths, 0) - lengths
-        owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (sum lengths,)
-        position = torch.arange(len(flat)) - starts[owner]  # index within the user's sequence
-        keep = position > 0  # a target needs at least one item before it
-        self.example_target = torch.arange(len(flat))[keep]  # (E,) index into flat
-        self.example_user = owner[keep]
-        self.example_start = starts[owner[keep]]
-        self.example_history = position[keep].clamp(max=max_seq_len)  # (E,) items in each example's history
+        self.window_start, self.window_end, self.first_target = training_windows(lengths, max_seq_len, mode)
+        owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        self.window_user = owner[self.window_end] if len(flat) else self.window_end
 
     def __len__(self) -> int:
-        return len(self.example_target)
+        return len(self.window_end)
 
     @property
     def n_users(self) -> int:
         return len(self.lengths)
 
+    @property
+    def n_targets(self) -> int:
+        return int((self.window_end - self.first_target + 1).sum())
+
+    def window_lengths(self, index: Tensor) -> Tensor:
+        return self.window_end[index] - self.window_start[index] + 1
+
     def training_items(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Examples `index` (B,) -> history item ids (B, S) left-padded with -1, user rows (B,), targets (B,)."""
-        target = self.example_target[index]
-        window = target[:, None] - self.max_seq_len + torch.arange(self.max_seq_len)  # (B, S)
-        real = window >= self.example_start[index][:, None]
-        history = torch.where(real, self.flat[window.clamp(min=0)], -1)
-        return history, self.example_user[index], self.flat[target]
+        """Windows `index` (B,) -> item ids (B, n) left-padded with -1, which are targets (B, n), user rows (B,)."""
+        end = self.window_end[index]
+        n = int(self.window_lengths(index).max())
+        window = end[:, None] - n + 1 + torch.arange(n)  # (B, n)
+        real = window >= self.window_start[index][:, None]
+        items = torch.where(real, self.flat[window.clamp(min=0)], -1)
+        return items, window >= self.first_target[index][:, None], self.window_user[index]
 
     def split_items(self, split: str) -> tuple[Tensor, Tensor]:
         """Histories (U, S) and targets (U,) of every user for `split`: valid reads the training
@@ -141,7 +170,8 @@ class Sequences:
         raise ValueError(f"unknown split {split!r}")
 
 
-def read_sequences(splits_path: Path, interactions_path: Path, bins: int, max_seq_len: int) -> Sequences:
+def read_sequences(splits_path: Path, interactions_path: Path, bins: int, max_seq_len: int,
+                   mode: str = "causal") -> Sequences:
     """The splits table as packed tensors, with each user's hashed user token."""
     import polars as pl
 
@@ -164,12 +194,12 @@ def read_sequences(splits_path: Path, interactions_path: Path, bins: int, max_se
         flat=flat, lengths=lengths,
         valid=torch.from_numpy(splits["valid"].to_numpy().astype("int64")),
         test=torch.from_numpy(splits["test"].to_numpy().astype("int64")),
-        users=users, bins=user_bins(keys, bins), max_seq_len=max_seq_len,
+        users=users, bins=user_bins(keys, bins), max_seq_len=max_seq_len, mode=mode,
     )
 
 
 class Batches:
-    """Training batches and evaluation batches on the device.
+    """Training, validation and decoding batches on the device.
 
     `training(index, step)` is a pure function of its arguments (the user-token dropout is seeded by
     the step), so a resumed run sees the same batches as an uninterrupted one.
@@ -177,36 +207,55 @@ class Batches:
 
     def __init__(self, ids: SemanticIds, sequences: Sequences, device: torch.device, seed: int, pieces: int = 1,
                  trim: bool = True):
-        """pieces > 1: a training batch is sorted by history length and cut into that many pieces, each
-        padded only to its own longest history (the same examples, far less padding: worth it on a
-        CPU). trim = False pads every batch to max_seq_len (fixed shapes, for torch.compile)."""
+        """pieces > 1: a training batch is sorted by window length and cut into that many pieces, each
+        padded only to its own longest window (the same windows, far less padding: worth it on a
+        CPU). trim = False pads every batch to max_seq_len + 1 items (fixed shapes, for torch.compile)."""
         self.codes = ids.codes.to(device)
         self.sequences = sequences
         self.device, self.seed, self.pieces, self.trim = device, seed, pieces, trim
 
     def training(self, index: Tensor, step: int) -> list[Batch]:
-        """The examples `index` as `pieces` batches; together they hold every example once."""
+        """The windows `index` as `pieces` batches; together they hold every window once."""
         drop = torch.rand(len(index), generator=torch.Generator().manual_seed(self.seed * 7919 + step)) < USER_DROPOUT
         if self.pieces > 1:
-            order = torch.argsort(self.sequences.example_history[index], stable=True)
+            order = torch.argsort(self.sequences.window_lengths(index), stable=True)
             index, drop = index[order], drop[order]
         batches = []
         for part, dropped in zip(index.chunk(self.pieces), drop.chunk(self.pieces)):
-            history, user_row, target = self.sequences.training_items(part)
-            batches.append(self._batch(history, torch.where(dropped, -1, self.sequences.bins[user_row]), target))
+            items, targets, user_row = self.sequences.training_items(part)
+            user = torch.where(dropped, -1, self.sequences.bins[user_row])
+            batches.append(self._batch(items, user, targets, self.sequences.max_seq_len + 1))
         return batches
 
     def evaluation(self, history: Tensor, user_rows: Tensor, target: Tensor) -> Batch:
-        return self._batch(history, self.sequences.bins[user_rows], target)
+        """Histories (B, S) with their next item (B,) as one window each, whose last item is the target."""
+        items = torch.cat([history, target[:, None]], 1)
+        targets = torch.zeros(items.shape, dtype=torch.bool)
+        targets[:, -1] = True
+        return self._batch(items, self.sequences.bins[user_rows], targets, items.shape[1])
 
-    def _batch(self, history: Tensor, user: Tensor, target: Tensor) -> Batch:
-        history = history.to(self.device)
-        codes = history_codes(self.codes, history) if self.trim else torch.where(
-            history[..., None] >= 0, self.codes[history.clamp(min=0)], -1
-        )
-        return Batch(history=codes, user=user.to(self.device), target=self.codes[target.to(self.device)])
+    def decoding(self, history: Tensor, user_rows: Tensor) -> tuple[Tensor, Tensor]:
+        """What beam search reads: history codes (B, n, L+1), left-padded, and user bins (B,)."""
+        batch = self._batch(history, self.sequences.bins[user_rows], torch.zeros(history.shape, dtype=torch.bool),
+                            history.shape[1])
+        return batch.items, batch.user
+
+    def _batch(self, items: Tensor, user: Tensor, targets: Tensor, width: int) -> Batch:
+        items, targets = items.to(self.device), targets.to(self.device)
+        if self.trim:
+            n = int((items >= 0).sum(1).max()) if len(items) else 0
+            items, targets = items[:, items.shape[1] - n:], targets[:, targets.shape[1] - n:]
+        elif items.shape[1] < width:
+            pad = width - items.shape[1]
+            items = torch.cat([torch.full((len(items), pad), -1, device=self.device), items], 1)
+            targets = torch.cat([torch.zeros((len(targets), pad), dtype=torch.bool, device=self.device), targets], 1)
+        codes = torch.where(items[..., None] >= 0, self.codes[items.clamp(min=0)], -1)  # (B, n, L+1)
+        return Batch(items=codes, user=user.to(self.device), targets=targets)
 
     def tokens(self, index: Tensor) -> int:
-        """Real tokens (history and target, not padding) in the training examples `index`."""
-        per_item = self.codes.shape[1]
-        return int((self.sequences.example_history[index].sum() + len(index)) * per_item)
+        """Real tokens (every item of the windows, not padding) in the training windows `index`."""
+        return int(self.sequences.window_lengths(index).sum()) * self.codes.shape[1]
+
+    def targets(self, index: Tensor) -> int:
+        """Target items in the training windows `index`."""
+        return int((self.sequences.window_end[index] - self.sequences.first_target[index] + 1).sum())

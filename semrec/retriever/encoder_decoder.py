@@ -1,7 +1,10 @@
-"""TIGER's encoder-decoder: the encoder reads [user, history, EOS], the decoder writes the next item.
+"""TIGER's encoder-decoder: the encoder reads [user, items], the decoder writes each target item.
 
-The decoder generates the item's L+1 tokens after BOS with causal self-attention and
-cross-attention to the encoder memory. For decoding, `start` encodes each user's history once and
+The encoder is causal at the item level: a token of item t sees the user token and every token of
+items 1..t, so one pass serves every target of a window. The decoder generates item t+1's L+1
+tokens after BOS with causal self-attention within the item and cross-attention to the encoder
+tokens of items 1..t (and the user); all targets of a window are decoded in one batch, each item's
+tokens a block of the decoder sequence. For decoding, `start` encodes each user's history once and
 projects the memory into every decoder layer's cross-attention keys and values; each beam step
 then runs only the few target tokens.
 """
@@ -20,32 +23,52 @@ class EncoderDecoder(Retriever):
         self.encoder_norm = nn.LayerNorm(cfg.d_model)
         self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.decoder_layers))
 
-    def forward(self, batch: Batch) -> Output:
-        """Teacher-forced logits of every target position and the mean cross-entropy."""
-        y = self._embed_target(batch.target[:, : self.cfg.levels])  # (B, L+1, d)
-        x, valid = self._embed_history(batch.history, batch.user, eos=True)
-        memory = self._encode(x, valid)
-        for block in self.decoder:
-            y = block(y, causal=True, memory=block.cross.project_kv(memory), memory_valid=valid)
-        return self.output(y, batch.target)
-
-    def _encode(self, x: Tensor, valid: Tensor) -> Tensor:
-        mask = valid[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
+    def _encode(self, items: Tensor, user: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Memory (B, T, d) of [user, items] under the item-causal mask, which tokens are real, their items."""
+        x, valid, owner = self._embed_items(items, user)
+        t = x.shape[1]
+        sees = (owner[:, None, :] <= owner[:, :, None]) & valid[:, None, :]  # (B, T, T) query x key
+        mask = (sees | torch.eye(t, dtype=torch.bool, device=x.device))[:, None]  # no empty rows
         for block in self.encoder:
             x = block(x, mask=mask)
-        return self.encoder_norm(x)
+        return self.encoder_norm(x), valid, owner
+
+    def forward(self, batch: Batch) -> Output:
+        """Teacher-forced logits of every token of every target and their mean cross-entropy."""
+        items, targets = batch.items, batch.targets
+        b, n, size = items.shape
+        memory, valid, owner = self._encode(items, batch.user)
+        first = int(targets.any(0).nonzero()[0])  # items before the first target column are never decoded
+        m = n - first
+        decoded = items[:, first:]  # (B, m, L+1)
+        position = self.item_positions(items)[:, first:]  # (B, m)
+        y = self._embed_target(decoded[..., :-1].reshape(b * m, size - 1), position.reshape(-1), bos=True)
+        y = y.view(b, m * size, -1)  # (B, m*(L+1), d): item k's [BOS, codes] as one block
+        block_of = torch.arange(m, device=items.device).repeat_interleave(size)  # (m*(L+1),)
+        slot = torch.arange(size, device=items.device).repeat(m)
+        self_mask = (block_of[:, None] == block_of[None, :]) & (slot[None, :] <= slot[:, None])
+        item_of = first + block_of  # the window index of each decoder token's item
+        chosen = targets[:, first:]  # (B, m)
+        earlier = owner[:, None, :] < item_of[None, :, None]  # (B, m*(L+1), T): memory of the items before
+        # a target sees the memory of the items before it; the other blocks (padding, discarded) see all of
+        # it, so that no query row is empty
+        sees = (earlier | ~chosen.repeat_interleave(size, 1)[:, :, None]) & valid[:, None, :]
+        for block in self.decoder:
+            y = block(y, mask=self_mask, memory=block.cross.project_kv(memory), memory_mask=sees[:, None])
+        return self.output(y.view(b, m, size, -1)[chosen], decoded[chosen])
 
     @torch.no_grad()
     def start(self, history: Tensor, user: Tensor) -> Context:
-        x, valid = self._embed_history(history, user, eos=True)
-        memory = self._encode(x, valid)
-        return Context([block.cross.project_kv(memory) for block in self.decoder], valid)
+        memory, valid, _ = self._encode(history, user)
+        kv = [block.cross.project_kv(memory) for block in self.decoder]
+        return Context(kv, valid, position=(history[..., 0] >= 0).sum(1))
 
     @torch.no_grad()
     def step_logits(self, context: Context, prefix: Tensor) -> Tensor:
         b, w, p = prefix.shape
-        y = self._embed_target(prefix.reshape(b * w, p))  # (B*W, p+1, d)
+        y = self._embed_target(prefix.reshape(b * w, p), context.position.repeat_interleave(w), bos=True)
+        mask = context.valid[:, None, None, :]  # (B, 1, 1, T): the whole history
         for block, memory in zip(self.decoder, context.kv):
-            y = block(y, causal=True, memory=memory, memory_valid=context.valid)
+            y = block(y, causal=True, memory=memory, memory_mask=mask)
         h = self.norm(y[:, -1])  # (B*W, d)
         return self._position_logits(h, p).float().view(b, w, -1)

@@ -27,7 +27,7 @@ VALID_K = 10
 
 
 class RetrieverTask:
-    """The retriever for semrec.train: batches of prefixes, cross-entropy, validation Recall/NDCG@10."""
+    """The retriever for semrec.train: batches of windows, cross-entropy, validation Recall/NDCG@10."""
 
     def __init__(self, model: Retriever, batches: Batches, trie: ItemTrie, batch_size: int, seed: int,
                  beam_size: int, valid_users: int, eval_batch_size: int):
@@ -42,18 +42,20 @@ class RetrieverTask:
             rows = torch.randperm(sequences.n_users, generator=torch.Generator().manual_seed(seed))[:valid_users].sort().values
         histories, targets = sequences.split_items("valid")
         self.valid_rows, self.valid_histories, self.valid_targets = rows, histories[rows], targets[rows]
-        self.tokens_seen = 0
+        self.tokens_seen = self.targets_seen = 0
         self.valid_seconds = 0.0
 
     def batch(self, step: int):
-        index = epoch_indices(len(self.batches.sequences), self.batch_size, step, self.seed)
+        index = epoch_indices(len(self.batches.sequences), self.batch_size, step, self.seed, drop_last=False)
         self.tokens_seen += self.batches.tokens(index)
+        self.targets_seen += self.batches.targets(index)
         return self.batches.training(index, step)
 
     def loss(self, pieces):
-        """Mean cross-entropy over all examples of the step's pieces."""
-        total = sum(self.model(piece).loss * len(piece.target) for piece in pieces)
-        return total / sum(len(piece.target) for piece in pieces), {}
+        """Mean cross-entropy over every target token of the step's pieces."""
+        counts = [int(piece.targets.sum()) for piece in pieces]
+        total = sum(self.model(piece).loss * count for piece, count in zip(pieces, counts))
+        return total / sum(counts), {}
 
     def validate(self) -> dict[str, float]:
         started = time.perf_counter()
@@ -61,7 +63,7 @@ class RetrieverTask:
         for start in range(0, len(self.valid_rows), self.eval_batch_size):
             part = slice(start, start + self.eval_batch_size)
             batch = self.batches.evaluation(self.valid_histories[part], self.valid_rows[part], self.valid_targets[part])
-            total += float(self.model(batch).loss) * len(batch.target)
+            total += float(self.model(batch).loss) * len(batch.items)
         ranked = rank_users(self.model, self.trie, self.batches, self.valid_histories, self.valid_rows, k=VALID_K,
                             beam_size=self.beam_size, batch_size=self.eval_batch_size)
         metrics = ranking_metrics(ranked, self.valid_targets, [VALID_K])
@@ -75,7 +77,7 @@ def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
     seed = ws.settings.project.seed
     torch.manual_seed(seed)
     ids = read_semantic_ids(ws.path(SEMANTIC_IDS), ws.path(TOKENIZER))
-    sequences = read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), s.user_bins, s.max_seq_len)
+    sequences = read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), s.user_bins, s.max_seq_len, s.training)
     largest = int(torch.cat([sequences.flat, sequences.valid, sequences.test]).max())
     if largest >= len(ids.codes):
         raise SemrecError(f"item {largest} of {ws.path(SPLITS)} has no semantic ID in {ws.path(SEMANTIC_IDS)}",
@@ -100,8 +102,8 @@ def run_fit_retriever(ws, run) -> dict:
     task, ids = build_task(ws, device)
     model, config, sequences = task.model, task.model.cfg, task.batches.sequences
     ws.reporter.info(
-        f"retriever: {config.arch}, {model.num_params():,} parameters, {len(sequences):,} training examples "
-        f"of {sequences.n_users:,} users, on {device}"
+        f"retriever: {config.arch}, {model.num_params():,} parameters, {s.training} training: "
+        f"{sequences.n_targets:,} targets in {len(sequences):,} windows of {sequences.n_users:,} users, on {device}"
     )
     started = time.perf_counter()
     result = train(
@@ -136,6 +138,7 @@ def run_fit_retriever(ws, run) -> dict:
         f"valid_ndcg@{VALID_K}": best.get(f"ndcg@{VALID_K}"),
         "seconds": round(seconds, 1),
         "tokens_per_s": round(task.tokens_seen / train_seconds),
+        "targets_per_s": round(task.targets_seen / train_seconds),
     }
     atomic_write_json(folder / "metrics.json", {**figures, "history": result.history, "best": result.best,
                                                "validation_seconds": round(task.valid_seconds, 1)})

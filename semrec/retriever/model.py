@@ -7,16 +7,22 @@ Vocabulary (token ids), for L code levels of K codes and D collision tokens:
     3 + L*K + d          collision token d (D = the largest collision token in the data + 1)
     3 + L*K + D + b      user bin b (absent when user_bins = 0)
 
-An item is its L+1 tokens (codes, then the collision token); a history is the last max_seq_len
-items. Batches carry level-local codes (code c, collision d, user bin b; -1 for none) and the
-model turns them into token ids, so the data code never needs the vocabulary layout.
+An item is its L+1 tokens (codes, then the collision token). A batch is a window of a user's items
+(left-padded) and a mask of which of them are targets: each target is predicted from the items
+before it in the window, never from itself or a later one. TIGER's prefix examples are windows
+whose only target is the last item; all-positions ("causal") training predicts every item of a
+window but the first in one pass, so an epoch costs the tokens a user has, not the sum of the
+squares of their history lengths. Batches carry level-local codes (code c, collision d, user bin
+b; -1 for none) and the model turns them into token ids, so the data code never needs the
+vocabulary layout.
 
 Positions are two learned tables added to each token embedding: the slot of a token inside its
-item (0..L; L+1 for the user and EOS tokens) and the item's recency (1 = the latest item of the
-history, 0 = the item being generated, max_seq_len+1 for the user token). Learned absolute tables
-rather than T5's relative bias: the sequence has an exact two-level structure (item x slot) that
-two tiny tables express directly, recency counted from the end does not depend on the history's
-length, and with no additive bias the attention stays on PyTorch's fused SDPA kernels.
+item (0..L; L+1 for the user token) and the item's position counted from the window's start
+(0 = its first item; max_seq_len + 1 for the user token). Counted from the start, a position
+means the same to every target of a window, and a history of n items puts the item being
+generated at position n, in training and in decoding alike. Learned absolute tables rather than
+T5's relative bias: the sequence has an exact two-level structure (item x slot) that two tiny
+tables express directly, and with no additive bias the attention stays on PyTorch's fused kernels.
 
 The architectures are registered in `semrec.registry.ARCHITECTURES`, one module each, as subclasses
 of `Retriever` that implement `forward`, `start` and `step_logits` (all that beam.py uses):
@@ -65,6 +71,7 @@ class RetrieverConfig:
     decoder_layers: int = 4
     ff_dim: int = 1024
     dropout: float = 0.1
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -78,6 +85,7 @@ class RetrieverConfig:
             user_bins=settings.user_bins, max_seq_len=settings.max_seq_len, d_model=settings.d_model,
             heads=settings.heads, head_dim=settings.head_dim, encoder_layers=settings.encoder_layers,
             decoder_layers=settings.decoder_layers, ff_dim=settings.ff_dim, dropout=settings.dropout,
+            label_smoothing=settings.label_smoothing,
         )
 
     @property
@@ -110,14 +118,14 @@ class RetrieverConfig:
 
 
 class Batch(NamedTuple):
-    history: Tensor  # (B, n, L+1) level-local codes; -1 = no item (histories are left-padded)
+    items: Tensor  # (B, n, L+1) level-local codes of a window of items; -1 = no item (left-padded)
     user: Tensor  # (B,) user bin; -1 = no user token
-    target: Tensor  # (B, L+1) level-local codes of the next item
+    targets: Tensor  # (B, n) bool: the items predicted, each from the window's items before it
 
 
 class Output(NamedTuple):
-    loss: Tensor  # mean cross-entropy over the target's L+1 tokens
-    logits: list[Tensor]  # per position p: (B, level_sizes[p]), over that position's tokens only
+    loss: Tensor  # mean cross-entropy over every token of every target
+    logits: list[Tensor]  # per position p: (M, level_sizes[p]) for the M targets, over that position's tokens
 
 
 class Context(NamedTuple):
@@ -125,6 +133,8 @@ class Context(NamedTuple):
 
     kv: list[tuple[Tensor, Tensor]]  # per decoder layer: keys and values (B, H, T, hd) of the history
     valid: Tensor  # (B, T) bool: which history tokens are real
+    position: Tensor  # (B,) position of the item being generated: the number of history items
+    last: Tensor | None = None  # decoder-only: (B, d) hidden state of the history's last token
 
 
 class Dropout(nn.Dropout):
@@ -179,10 +189,11 @@ class Attention(nn.Module):
                                            is_causal=causal and mask is None)
         return self._merge(y)
 
-    def cross(self, x: Tensor, kv: tuple[Tensor, Tensor], valid: Tensor) -> Tensor:
+    def cross(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
         """Attend from x (B*W, t, d), W beams per user, to each user's memory keys/values (B, H, T, hd).
 
-        The W beams of a user are folded into the query axis, so the memory is never copied per beam.
+        The W beams of a user are folded into the query axis, so the memory is never copied per beam;
+        mask (B, 1, W*t or 1, T) says which memory tokens each query may see.
         """
         k, v = kv
         b = k.shape[0]
@@ -190,7 +201,7 @@ class Attention(nn.Module):
         w, t = q.shape[0] // b, q.shape[2]
         q = q.view(b, w, self.heads, t, self.head_dim).transpose(1, 2).reshape(b, self.heads, w * t, self.head_dim)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], dropout_p=p)  # (B, H, W*t, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, W*t, hd)
         y = y.view(b, self.heads, w, t, self.head_dim).transpose(1, 2).reshape(b * w, self.heads, t, self.head_dim)
         return self._merge(y)
 
@@ -233,11 +244,11 @@ class Block(nn.Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
-                memory: tuple[Tensor, Tensor] | None = None, memory_valid: Tensor | None = None,
+                memory: tuple[Tensor, Tensor] | None = None, memory_mask: Tensor | None = None,
                 keep: list | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.norm_self(x), mask=mask, causal=causal, keep=keep))
         if self.cross is not None:
-            x = x + self.drop(self.cross.cross(self.norm_cross(x), memory, memory_valid))
+            x = x + self.drop(self.cross.cross(self.norm_cross(x), memory, memory_mask))
         return x + self.drop(self.ff(self.norm_ff(x)))
 
     def step_with_prefix(self, x: Tensor, prefix: tuple[Tensor, Tensor], valid: Tensor) -> Tensor:
@@ -256,8 +267,8 @@ class Retriever(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.tokens = nn.Embedding(cfg.vocab_size, d)
-        self.slot = nn.Embedding(cfg.positions + 1, d)  # 0..L in an item, L+1 for user/EOS
-        self.recency = nn.Embedding(cfg.max_seq_len + 2, d)  # 0 target, 1..S history, S+1 user token
+        self.slot = nn.Embedding(cfg.positions + 1, d)  # 0..L in an item, L+1 for the user token
+        self.position = nn.Embedding(cfg.max_seq_len + 2, d)  # 0..S from the window's start, S+1 user token
         self.drop = Dropout(cfg.dropout)
         self.build_layers(cfg)
         self.norm = nn.LayerNorm(d)
@@ -302,33 +313,38 @@ class Retriever(nn.Module):
         p = codes.shape[-1]
         return torch.where(codes >= 0, codes + self.token_offset[:p], PAD)
 
-    def _embed_history(self, history: Tensor, user: Tensor, eos: bool) -> tuple[Tensor, Tensor]:
-        """[user] + the history's item tokens (+ EOS): embeddings (B, T, d) and which are real (B, T)."""
-        b, n, positions = history.shape
-        dev = history.device
-        tokens = self._item_tokens(history).reshape(b, n * positions)  # (B, n*(L+1))
-        slots = torch.arange(positions, device=dev).repeat(n)
-        recency = torch.arange(n, 0, -1, device=dev).repeat_interleave(positions)
-        parts = [(tokens, slots, recency)]
-        special = torch.full((1,), self.cfg.positions, device=dev)
-        if self.cfg.user_bins:
-            user_tokens = torch.where(user >= 0, SPECIALS + self.cfg.item_vocab + user, PAD)[:, None]
-            parts.insert(0, (user_tokens, special, torch.full((1,), self.cfg.max_seq_len + 1, device=dev)))
-        if eos:
-            parts.append((torch.full((b, 1), EOS, device=dev), special, torch.zeros(1, dtype=torch.long, device=dev)))
-        tokens = torch.cat([p[0] for p in parts], 1)  # (B, T)
-        slots = torch.cat([p[1] for p in parts])  # (T,)
-        recency = torch.cat([p[2] for p in parts])  # (T,)
-        x = self.tokens(tokens) + self.slot(slots) + self.recency(recency)
-        return self.drop(x), tokens != PAD
+    @staticmethod
+    def item_positions(items: Tensor) -> Tensor:
+        """(B, n, L+1) left-padded items -> (B, n) each item's position from the window's first real item."""
+        real = items[..., 0] >= 0
+        return (torch.cumsum(real.long(), 1) - 1).clamp(min=0)
 
-    def _embed_target(self, prefix: Tensor) -> Tensor:
-        """[BOS] + the first p target tokens, (N, p) codes -> (N, p+1, d); input j predicts position j."""
-        n, p = prefix.shape
-        bos = torch.full((n, 1), BOS, device=prefix.device)
-        tokens = torch.cat([bos, self._item_tokens(prefix)], 1)  # (N, p+1)
-        slots = torch.arange(p + 1, device=prefix.device)
-        return self.drop(self.tokens(tokens) + self.slot(slots) + self.recency(torch.zeros_like(slots)))
+    def _embed_items(self, items: Tensor, user: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[user] + the items' tokens: embeddings (B, T, d), which tokens are real (B, T), and the window
+        index of each token's item (B, T), -1 for the user token."""
+        b, n, size = items.shape
+        dev = items.device
+        tokens = self._item_tokens(items).reshape(b, n * size)  # (B, n*(L+1))
+        slots = torch.arange(size, device=dev).repeat(n)  # (n*(L+1),)
+        positions = self.item_positions(items).repeat_interleave(size, dim=1)  # (B, n*(L+1))
+        owner = torch.arange(n, device=dev).repeat_interleave(size).expand(b, -1)  # (B, n*(L+1))
+        x = self.tokens(tokens) + self.slot(slots) + self.position(positions)
+        if self.cfg.user_bins:
+            user_tokens = torch.where(user >= 0, SPECIALS + self.cfg.item_vocab + user, PAD)[:, None]  # (B, 1)
+            slot, position = (torch.tensor([i], device=dev) for i in (self.cfg.positions, self.cfg.max_seq_len + 1))
+            u = self.tokens(user_tokens) + self.slot(slot) + self.position(position)
+            x, tokens = torch.cat([u, x], 1), torch.cat([user_tokens, tokens], 1)
+            owner = torch.cat([torch.full((b, 1), -1, device=dev), owner], 1)
+        return self.drop(x), tokens != PAD, owner
+
+    def _embed_target(self, prefix: Tensor, position: Tensor, bos: bool) -> Tensor:
+        """([BOS] +) the first p tokens of the items being generated: (N, p) codes at window positions
+        (N,) -> (N, p(+1), d), token j at slot j."""
+        tokens = self._item_tokens(prefix)
+        if bos:
+            tokens = torch.cat([torch.full((len(tokens), 1), BOS, device=tokens.device), tokens], 1)  # (N, p+1)
+        slots = torch.arange(tokens.shape[1], device=prefix.device)
+        return self.drop(self.tokens(tokens) + self.slot(slots) + self.position(position)[:, None])
 
     def _position_logits(self, h: Tensor, p: int) -> Tensor:
         """Logits over the tokens item position p can take, from hidden states h (..., d)."""
@@ -337,10 +353,13 @@ class Retriever(nn.Module):
         return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
 
     def output(self, h: Tensor, target: Tensor) -> Output:
-        """Logits of each target position from the hidden states h (B, L+1, d), and the mean cross-entropy."""
+        """h (M, L+1, d): the hidden state that predicts each token of M targets (M, L+1) -> logits and
+        the mean cross-entropy over all their tokens."""
         h = self.norm(h)
         logits = [self._position_logits(h[:, p], p) for p in range(self.cfg.positions)]
-        loss = torch.stack([F.cross_entropy(lg.float(), target[:, p]) for p, lg in enumerate(logits)]).mean()
+        smoothing = self.cfg.label_smoothing if self.training else 0.0
+        loss = torch.stack([F.cross_entropy(lg.float(), target[:, p], label_smoothing=smoothing)
+                            for p, lg in enumerate(logits)]).mean()
         return Output(loss, logits)
 
     # -- checkpoint ------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ def rank_users(model, trie, batches, histories: Tensor, user_rows: Tensor, k: in
     with reporter.progress(description, total=len(order)) as bar:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            batch = batches.evaluation(histories[rows], user_rows[rows], torch.zeros(len(rows), dtype=torch.long))
-            ranked[rows] = beam_search(model, trie, batch.history, batch.user, k=k, beam_size=beam_size).items.cpu()
+            history, user = batches.decoding(histories[rows], user_rows[rows])
+            ranked[rows] = beam_search(model, trie, history, user, k=k, beam_size=beam_size).items.cpu()
             bar.advance(len(rows))
     model.train(was_training)
     return ranked
