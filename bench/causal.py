@@ -1,12 +1,14 @@
 """Training throughput of all-positions ("causal") training against TIGER's prefix examples.
 
 For each history cap and each mode, the same model (the project's [retriever] size) trains a few
-steps on the project's real sequences with random semantic IDs of the usual shape (the cost of a
-step does not depend on the codes' values): targets per second, tokens per second (real history
-and target tokens, the work a step does), and an epoch's seconds projected from the measured
-seconds per step and the number of steps an epoch takes (measured per step, projected per epoch).
+steps of the trainer's own step (bench/retriever.py's `time_training`) on the project's real
+sequences with random semantic IDs of the usual shape (a step's cost does not depend on the
+codes' values): targets per second, tokens per second (the real tokens of the windows), and an
+epoch's seconds projected from the measured seconds per step and the number of steps an epoch
+takes (measured per step, projected per epoch).
 
     python bench/causal.py --project /path/to/beauty                      # cap = the project's max_seq_len
+    python bench/causal.py --project /path/to/beauty --arch decoder-only
     python bench/causal.py --project /path/to/ml-1m --caps 50 100 200 --steps 3
 """
 
@@ -14,66 +16,63 @@ import argparse
 import json
 import resource
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def random_ids(n_items: int, levels: int, codebook: int, collisions: int, seed: int = 0):
+def scratch_workspace(source, root: Path, cap: int, mode: str, seed: int = 0):
+    """A workspace in `root` over the source's data, with random semantic IDs of the usual shape."""
+    import copy
+
+    import polars as pl
     import torch
 
-    from semrec.retriever.data import SemanticIds
+    from semrec.artifacts import INTERACTIONS, ITEMS, SEMANTIC_IDS, TOKENIZER
+    from semrec.io import atomic_write_json, write_parquet
+    from semrec.project import Project
+    from semrec.report import Reporter
+    from semrec.workspace import Workspace
 
+    settings = copy.deepcopy(source.settings)
+    settings.retriever.max_seq_len, settings.retriever.training = cap, mode
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "data").exists():
+        (root / "data").symlink_to(source.path("data"))
+    ws = Workspace(Project(path=root / "semrec.toml", settings=settings), Reporter())
+    n_items = pl.scan_parquet(source.path(ITEMS)).select(pl.len()).collect().item()
+    levels, size = settings.tokenizer.levels, settings.tokenizer.codebook_size
     g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, codebook, (n_items, levels), generator=g)
-    dedup = torch.randint(0, collisions, (n_items, 1), generator=g)
-    return SemanticIds(torch.cat([codes, dedup], 1), codebook, "random")
+    columns = {"item": torch.arange(n_items)}
+    columns.update({f"code_{i + 1}": torch.randint(0, size, (n_items,), generator=g) for i in range(levels)})
+    columns["dedup"] = torch.randint(0, 4, (n_items,), generator=g)
+    write_parquet(pl.DataFrame({k: v.numpy() for k, v in columns.items()}), ws.path(SEMANTIC_IDS))
+    atomic_write_json(ws.path(TOKENIZER) / "config.json", {"kind": "random", "levels": levels, "codebook_size": size})
+    assert ws.path(INTERACTIONS).exists()
+    return ws
 
 
-def time_mode(settings, ws, mode: str, cap: int, batch_size: int, steps: int, device) -> dict:
-    """Seconds per training step of `mode` at history cap `cap`, after one warm-up step."""
+def time_mode(source, scratch: Path, mode: str, cap: int, batch_size: int, steps: int, device) -> dict:
+    """Training speed of `mode` at history cap `cap`: the trainer's own step, after one warm-up step."""
     import torch
 
-    from semrec.artifacts import INTERACTIONS, SPLITS
-    from semrec.retriever.data import Batches, read_sequences
-    from semrec.retriever.model import RetrieverConfig, build_retriever
-    from semrec.train import TrainConfig, _optimizer, epoch_indices
+    from bench.retriever import time_training
+    from semrec.retriever.fit import build_task
 
-    s = settings.retriever
-    s.max_seq_len = cap
-    sequences = read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), s.user_bins, cap, mode)
-    n_items = int(torch.cat([sequences.flat, sequences.valid, sequences.test]).max()) + 1
-    ids = random_ids(n_items, settings.tokenizer.levels, settings.tokenizer.codebook_size, 4)
-    torch.manual_seed(0)
-    model = build_retriever(RetrieverConfig.from_settings(s, ids)).to(device).train()
-    optimizer = _optimizer(model, TrainConfig(steps=steps, lr=s.train.lr, weight_decay=s.train.weight_decay))
-    batches = Batches(ids, sequences, device, seed=0, pieces=1 if device.type == "cuda" else 4)
-    tokens = targets = 0
-    seconds = 0.0
-    for step in range(steps + 1):
-        index = epoch_indices(len(sequences), batch_size, step, 0, drop_last=False)
-        started = time.perf_counter()
-        pieces = batches.training(index, step)
-        counts = [int(p.targets.sum()) for p in pieces]
-        loss = sum(model(p).loss * c for p, c in zip(pieces, counts)) / sum(counts)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step:  # the first step warms up
-            seconds += time.perf_counter() - started
-            tokens += batches.tokens(index)
-            targets += batches.targets(index)
-    per_step = seconds / steps
-    steps_per_epoch = -(-len(sequences) // batch_size)
+    ws = scratch_workspace(source, scratch / f"{mode}-{cap}", cap, mode)
+    ws.settings.retriever.train.batch_size = batch_size
+    task, _ = build_task(ws, device)
+    timed = time_training(task, ws.settings.retriever.train, device, steps, warmup=1)
+    sequences = task.batches.sequences
+    per_step = timed["seconds"] / steps
     return {
         "mode": mode, "cap": cap, "batch": batch_size, "windows": len(sequences), "targets_per_epoch": sequences.n_targets,
-        "tokens_per_epoch": int(sequences.window_lengths(torch.arange(len(sequences))).sum()) * (settings.tokenizer.levels + 1),
-        "s_per_step": round(per_step, 3), "targets_per_s": round(targets / seconds, 1), "tokens_per_s": round(tokens / seconds),
-        "epoch_s": round(per_step * steps_per_epoch), "params": model.num_params(),
+        "tokens_per_epoch": task.batches.tokens(torch.arange(len(sequences))),
+        "s_per_step": round(per_step, 3), "targets_per_s": round(timed["targets"] / timed["seconds"], 1),
+        "tokens_per_s": round(timed["tokens"] / timed["seconds"]),
+        "epoch_s": round(per_step * -(-len(sequences) // batch_size)), "params": task.model.num_params(),
     }
 
 
@@ -84,6 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case (after one warm-up step)")
     parser.add_argument("--batch", type=int, nargs=2, default=[256, 256], metavar=("PREFIX", "CAUSAL"),
                         help="batch sizes: prefix examples, causal windows")
+    parser.add_argument("--arch", help="the architecture (default: the project's retriever.arch)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -97,12 +97,15 @@ def main() -> None:
 
     ws = Workspace(load_project(explicit=args.project), Reporter())
     ws.require("download")
+    if args.arch:
+        ws.settings.retriever.arch = args.arch
     device = resolve_device(args.device)
     rows = []
-    for cap in args.caps or [ws.settings.retriever.max_seq_len]:
-        for mode, batch in (("prefix", args.batch[0]), ("causal", args.batch[1])):
-            rows.append(time_mode(ws.settings, ws, mode, cap, batch, args.steps, device))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        for cap in args.caps or [ws.settings.retriever.max_seq_len]:
+            for mode, batch in (("prefix", args.batch[0]), ("causal", args.batch[1])):
+                rows.append(time_mode(ws, Path(scratch), mode, cap, batch, args.steps, device))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if args.json:

@@ -3,9 +3,9 @@
 Every trial trains the project's retriever with a few settings changed (JSON overrides of
 [retriever] keys, "train.lr" for the training block) for `--minutes` of training, validating on a
 fixed sample of validation users; the test split is never read. It prints one row per trial
-(minutes, steps, epochs, best validation Recall@10 / NDCG@10 and the step it came at) and writes
+(minutes, steps, seconds per step, best validation Recall@10 / NDCG@10 and the step it came at) and writes
 each trial's learning curve to `--out`/<trial>.json. The learning-rate schedule of a trial spans
-the steps its budget allows, estimated from timed warm-up steps.
+the steps its budget allows, estimated from timed steps before it starts; validation time counts.
 
     python bench/recipe.py --project /tmp/beauty --minutes 6 --trials bench/recipes/beauty.json --out /tmp/recipes
 """
@@ -35,27 +35,16 @@ def apply(settings, overrides: dict) -> None:
 
 def seconds_per_step(ws, device, steps: int = 4) -> float:
     """Seconds per training step of this workspace's task, timed after one warm-up step."""
-    import torch
-
+    from bench.retriever import time_training
     from semrec.retriever.fit import build_task
-    from semrec.train import TrainConfig, _optimizer
 
     task, _ = build_task(ws, device)
-    t = ws.settings.retriever.train
-    optimizer = _optimizer(task.model, TrainConfig(steps=steps, lr=t.lr, weight_decay=t.weight_decay))
-    started = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()
-        loss, _ = task.loss(task.batch(step))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    torch.manual_seed(ws.settings.project.seed)
-    return (time.perf_counter() - started) / steps
+    timed = time_training(task, ws.settings.retriever.train, device, steps, warmup=1)
+    return timed["seconds"] / steps
 
 
-def run_trial(source: Path, scratch: Path, name: str, overrides: dict, minutes: float, valid_users: int) -> dict:
+def run_trial(source: Path, scratch: Path, name: str, overrides: dict, minutes: float, valid_users: int,
+              validations: int) -> dict:
     from semrec.device import resolve_device
     from semrec.project import load_project
     from semrec.report import Reporter
@@ -74,7 +63,6 @@ def run_trial(source: Path, scratch: Path, name: str, overrides: dict, minutes: 
     apply(ws.settings, overrides)
     r.valid_users, r.patience, r.train.checkpoint_every = valid_users, 0, 10**9
     per_step = seconds_per_step(ws, resolve_device(r.device))
-    validations = 6
     r.train.steps = max(r.train.warmup_steps + validations, int(minutes * 60 / per_step * 0.9))
     r.eval_every = max(1, r.train.steps // validations)
     r.train.max_minutes = minutes
@@ -96,6 +84,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these trials")
     parser.add_argument("--minutes", type=float, default=6.0, help="training minutes per trial")
     parser.add_argument("--valid-users", type=int, default=2048, help="fixed sample of validation users")
+    parser.add_argument("--validations", type=int, default=4, help="validations per trial (their time counts)")
     parser.add_argument("--out", type=Path, default=Path("recipe-trials"), help="folder for curves and scratch")
     args = parser.parse_args()
 
@@ -107,7 +96,8 @@ def main() -> None:
     for name, overrides in trials.items():
         if args.only and name not in args.only:
             continue
-        row = run_trial(args.project.resolve(), args.out / "scratch", name, overrides, args.minutes, args.valid_users)
+        row = run_trial(args.project.resolve(), args.out / "scratch", name, overrides, args.minutes, args.valid_users,
+                        args.validations)
         (args.out / f"{name}.json").write_text(json.dumps(row, indent=2))
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)

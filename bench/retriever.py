@@ -32,16 +32,15 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_training(ws, device, steps: int) -> dict:
+def time_training(task, train, device, steps: int, warmup: int = 3) -> dict:
+    """Seconds, tokens and targets of `steps` steps of the trainer's own step (autocast, clipping, AdamW)
+    after `warmup` untimed ones; `train` is the settings' training block."""
     import torch
 
     from semrec.device import autocast
-    from semrec.retriever.fit import build_task
     from semrec.train import TrainConfig, _optimizer
 
-    task, _ = build_task(ws, device)
-    s = ws.settings.retriever.train
-    optimizer = _optimizer(task.model, TrainConfig(steps=steps, lr=s.lr, weight_decay=s.weight_decay))
+    optimizer = _optimizer(task.model, TrainConfig(steps=steps, lr=train.lr, weight_decay=train.weight_decay))
     autocast_ctx = autocast(device)
     task.model.train()
 
@@ -51,22 +50,32 @@ def bench_training(ws, device, steps: int) -> dict:
             loss, _ = task.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(task.model.parameters(), s.grad_clip or 1.0)
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), train.grad_clip or 1.0)
         optimizer.step()
 
-    for i in range(3):
+    for i in range(warmup):
         step(i)
     _sync(device)
-    before = task.tokens_seen
+    tokens, targets = task.tokens_seen, task.targets_seen
     started = time.perf_counter()
-    for i in range(3, 3 + steps):
+    for i in range(warmup, warmup + steps):
         step(i)
     _sync(device)
-    seconds = time.perf_counter() - started
-    tokens = task.tokens_seen - before
+    return {"seconds": time.perf_counter() - started, "steps": steps, "tokens": task.tokens_seen - tokens,
+            "targets": task.targets_seen - targets}
+
+
+def bench_training(ws, device, steps: int) -> dict:
+    from semrec.retriever.fit import build_task
+
+    task, _ = build_task(ws, device)
+    r = ws.settings.retriever
+    timed = time_training(task, r.train, device, steps)
     return {
-        "measure": "training", "setting": f"{s.arch}, {task.model.num_params():,} params, batch {s.batch_size}, {steps} steps",
-        "value": tokens / seconds, "unit": "tokens/s", "seconds": seconds, "task": task,
+        "measure": "training",
+        "setting": f"{r.arch}, {r.training}, {task.model.num_params():,} params, batch {r.train.batch_size}, {steps} steps",
+        "value": timed["tokens"] / timed["seconds"], "unit": "tokens/s", "seconds": timed["seconds"],
+        "targets_per_s": timed["targets"] / timed["seconds"], "task": task,
     }
 
 

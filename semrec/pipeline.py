@@ -99,7 +99,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "tag",
             "semrec.tags.stage:run_tag",
-            _fixed("tag", "-tag.llm.concurrency", "-tag.llm.timeout_s", "-tag.llm.max_retries", "-tag.llm.retry_wait_s"),
+            _fixed("tag", "project.seed", "-tag.llm.concurrency", "-tag.llm.timeout_s", "-tag.llm.max_retries", "-tag.llm.retry_wait_s"),
             ("tags.parquet",),
             _fixed("download", "embed"),
         ),

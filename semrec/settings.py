@@ -129,7 +129,7 @@ class TrainingSettings:
     """The shared training block of every trained stage (the loop in semrec/train.py reads it)."""
 
     steps: int = setting(1000, "Training steps (an upper bound: early stopping or max_minutes may end sooner).", min=1)
-    batch_size: int = setting(256, "Examples per step.", min=1)
+    batch_size: int = setting(256, "Examples per step (the retriever: windows, see retriever.training).", min=1)
     lr: float = setting(1e-3, "Peak learning rate.", min=0)
     weight_decay: float = setting(0.0, "AdamW weight decay (matrices only).", min=0)
     schedule: Literal["constant", "cosine", "inverse_sqrt"] = setting("cosine", "Learning-rate schedule after warm-up.")
@@ -208,8 +208,9 @@ class RetrieverSettings:
     arch: str = setting("encoder-decoder", "TIGER's encoder-decoder, or one causal stack (decoder-only).",
                         choices="architectures")
     training: Literal["causal", "prefix"] = setting(
-        "causal", "causal: one pass over a window predicts every item in it (linear in the history length); "
-        "prefix: TIGER's examples, one per target with its whole history.",
+        "causal", "causal: one pass over a window of up to max_seq_len + 1 items predicts every item in it but "
+        "the first (cost linear in the history length); prefix: TIGER's examples, one per target with its whole "
+        "history. The model is the same in both (its encoder is item-causal); train.batch_size counts windows.",
     )
     max_seq_len: int = setting(20, "Longest history (in items) the retriever reads; 20 for Amazon as published.", min=1)
     d_model: int = setting(128, "Model width.", min=8)

@@ -73,14 +73,14 @@ def test_the_causal_loss_is_the_mean_of_the_prefix_losses(arch):
 @pytest.mark.parametrize("cap", [1, 3, 6])
 def test_every_training_target_is_predicted_once_per_epoch_within_the_history_cap(mode, cap):
     lengths = torch.tensor([1, 2, 5, 9, 13, 4])
-    start, end, first = training_windows(lengths, cap, mode)
+    start, end, first, owner_of_window = training_windows(lengths, cap, mode)
     seen = torch.cat([torch.arange(int(f), int(e) + 1) for f, e in zip(first, end)])
     starts = torch.cumsum(lengths, 0) - lengths
     expected = torch.tensor([i for s, n in zip(starts.tolist(), lengths.tolist()) for i in range(s + 1, s + n)])
     assert sorted(seen.tolist()) == expected.tolist()  # each target once
     assert bool((first > start).all()) and bool((end - start <= cap).all())  # history within the window and the cap
     owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    assert bool((owner[start] == owner[end]).all())  # a window never spans two users
+    assert bool((owner[start] == owner[end]).all()) and owner[end].tolist() == owner_of_window.tolist()  # one user each
     batches = 4
     epoch = torch.cat([epoch_indices(len(end), -(-len(end) // batches), step, seed=3, drop_last=False)
                        for step in range(batches)])

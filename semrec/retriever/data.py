@@ -98,30 +98,33 @@ def last_items(flat: Tensor, lengths: Tensor, n: int) -> Tensor:
     return torch.where(real, flat[index.clamp(min=0)], -1)
 
 
-def history_codes(codes: Tensor, items: Tensor) -> Tensor:
-    """Item ids (B, S), left-padded with -1 -> their codes (B, n, L+1), dropping all-padding columns."""
-    n = int((items >= 0).sum(1).max()) if len(items) else 0
-    items = items[:, items.shape[1] - n:]  # (B, n)
+def history_codes(codes: Tensor, items: Tensor, trim: bool = True) -> Tensor:
+    """Item ids (B, S), left-padded with -1 -> their codes (B, n, L+1), dropping all-padding columns
+    unless `trim` is False (then n = S)."""
+    if trim:
+        n = int((items >= 0).sum(1).max()) if len(items) else 0
+        items = items[:, items.shape[1] - n:]  # (B, n)
     return torch.where(items[..., None] >= 0, codes[items.clamp(min=0)], -1)  # (B, n, L+1)
 
 
-def training_windows(lengths: Tensor, max_seq_len: int, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+def training_windows(lengths: Tensor, max_seq_len: int, mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Windows over sequences packed back to back: (start, end, first_target) indices into the packed
-    items, end and first_target inclusive, one row per window (see the module docstring)."""
+    items, end and first_target inclusive, and the sequence of each, one row per window (see the
+    module docstring)."""
     starts = torch.cumsum(lengths, 0) - lengths
     owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (sum lengths,)
     position = torch.arange(int(lengths.sum())) - starts[owner]  # index within the user's sequence
     if mode == "prefix":
         end = torch.nonzero(position > 0)[:, 0]  # every item with one before it is a target
         start = torch.maximum(end - max_seq_len, starts[owner[end]])
-        return start, end, end
+        return start, end, end, owner[end]
     if mode != "causal":
         raise ValueError(f"training mode must be 'causal' or 'prefix', got {mode!r}")
     # window ends counted back from each sequence's last item in steps of max_seq_len
     from_end = lengths[owner] - 1 - position
     end = torch.nonzero((from_end % max_seq_len == 0) & (position > 0))[:, 0]
     start = torch.maximum(end - max_seq_len, starts[owner[end]])
-    return start, end, start + 1
+    return start, end, start + 1, owner[end]
 
 
 class Sequences:
@@ -132,9 +135,8 @@ class Sequences:
         """flat: every user's training items, concatenated; lengths: (U,) items per user."""
         self.flat, self.lengths, self.valid, self.test = flat, lengths, valid, test
         self.users, self.bins, self.max_seq_len = users, bins, max_seq_len
-        self.window_start, self.window_end, self.first_target = training_windows(lengths, max_seq_len, mode)
-        owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-        self.window_user = owner[self.window_end] if len(flat) else self.window_end
+        self.window_start, self.window_end, self.first_target, self.window_user = training_windows(
+            lengths, max_seq_len, mode)
 
     def __len__(self) -> int:
         return len(self.window_end)
@@ -145,7 +147,11 @@ class Sequences:
 
     @property
     def n_targets(self) -> int:
-        return int((self.window_end - self.first_target + 1).sum())
+        return self.targets_in(torch.arange(len(self)))
+
+    def targets_in(self, index: Tensor) -> int:
+        """Target items in the windows `index`."""
+        return int((self.window_end[index] - self.first_target[index] + 1).sum())
 
     def window_lengths(self, index: Tensor) -> Tensor:
         return self.window_end[index] - self.window_start[index] + 1
@@ -242,15 +248,12 @@ class Batches:
 
     def _batch(self, items: Tensor, user: Tensor, targets: Tensor, width: int) -> Batch:
         items, targets = items.to(self.device), targets.to(self.device)
-        if self.trim:
-            n = int((items >= 0).sum(1).max()) if len(items) else 0
-            items, targets = items[:, items.shape[1] - n:], targets[:, targets.shape[1] - n:]
-        elif items.shape[1] < width:
+        if not self.trim and items.shape[1] < width:  # fixed shapes: pad every batch to `width` items
             pad = width - items.shape[1]
             items = torch.cat([torch.full((len(items), pad), -1, device=self.device), items], 1)
             targets = torch.cat([torch.zeros((len(targets), pad), dtype=torch.bool, device=self.device), targets], 1)
-        codes = torch.where(items[..., None] >= 0, self.codes[items.clamp(min=0)], -1)  # (B, n, L+1)
-        return Batch(items=codes, user=user.to(self.device), targets=targets)
+        codes = history_codes(self.codes, items, trim=self.trim)  # (B, n, L+1)
+        return Batch(items=codes, user=user.to(self.device), targets=targets[:, targets.shape[1] - codes.shape[1]:])
 
     def tokens(self, index: Tensor) -> int:
         """Real tokens (every item of the windows, not padding) in the training windows `index`."""
@@ -258,4 +261,4 @@ class Batches:
 
     def targets(self, index: Tensor) -> int:
         """Target items in the training windows `index`."""
-        return int((self.sequences.window_end[index] - self.sequences.first_target[index] + 1).sum())
+        return self.sequences.targets_in(index)

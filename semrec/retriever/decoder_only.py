@@ -50,7 +50,7 @@ class DecoderOnly(Retriever):
         x, valid, _ = self._embed_items(history, user)
         kv: list = []
         h = self._causal_stack(x, valid, keep=kv)
-        return Context(kv, valid, position=(history[..., 0] >= 0).sum(1), last=h[:, -1])
+        return Context(kv, valid, position=self.history_length(history), last=h[:, -1])
 
     @torch.no_grad()
     def step_logits(self, context: Context, prefix: Tensor) -> Tensor:
@@ -60,5 +60,4 @@ class DecoderOnly(Retriever):
         y = self._embed_target(prefix.reshape(b * w, p), context.position.repeat_interleave(w), bos=False)
         for block, prefix_kv in zip(self.decoder, context.kv):
             y = block.step_with_prefix(y, prefix_kv, context.valid)
-        h = self.norm(y[:, -1])  # (B*W, d)
-        return self._position_logits(h, p).float().view(b, w, -1)
+        return self.last_logits(y, p, (b, w))

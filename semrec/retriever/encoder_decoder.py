@@ -1,12 +1,14 @@
 """TIGER's encoder-decoder: the encoder reads [user, items], the decoder writes each target item.
 
 The encoder is causal at the item level: a token of item t sees the user token and every token of
-items 1..t, so one pass serves every target of a window. The decoder generates item t+1's L+1
-tokens after BOS with causal self-attention within the item and cross-attention to the encoder
-tokens of items 1..t (and the user); all targets of a window are decoded in one batch, each item's
-tokens a block of the decoder sequence. For decoding, `start` encodes each user's history once and
-projects the memory into every decoder layer's cross-attention keys and values; each beam step
-then runs only the few target tokens.
+items 1..t, so one pass serves every target of a window (TIGER's encoder is bidirectional over the
+history; in "prefix" training, too, the encoder here is item-causal, so both modes train the same
+model). The decoder generates item t+1's L+1 tokens after BOS with causal self-attention within
+the item and cross-attention to the encoder tokens of items 1..t (and the user); all targets of a
+window are decoded in one batch, each a short sequence of its own whose memory is folded into
+the query axis, as the beams of a user are in decoding. For decoding, `start` encodes each user's
+history once and projects the memory into every decoder layer's cross-attention keys and values;
+each beam step then runs only the few target tokens.
 """
 
 import torch
@@ -42,26 +44,24 @@ class EncoderDecoder(Retriever):
         m = n - first
         decoded = items[:, first:]  # (B, m, L+1)
         position = self.item_positions(items)[:, first:]  # (B, m)
+        # each decoded item is a sequence of its own, [BOS, codes]; its memory is folded into the query
+        # axis of the cross-attention like the beams of a user in decoding
         y = self._embed_target(decoded[..., :-1].reshape(b * m, size - 1), position.reshape(-1), bos=True)
-        y = y.view(b, m * size, -1)  # (B, m*(L+1), d): item k's [BOS, codes] as one block
-        block_of = torch.arange(m, device=items.device).repeat_interleave(size)  # (m*(L+1),)
-        slot = torch.arange(size, device=items.device).repeat(m)
-        self_mask = (block_of[:, None] == block_of[None, :]) & (slot[None, :] <= slot[:, None])
-        item_of = first + block_of  # the window index of each decoder token's item
+        item_of = (first + torch.arange(m, device=items.device)).repeat_interleave(size)  # (m*(L+1),)
         chosen = targets[:, first:]  # (B, m)
         earlier = owner[:, None, :] < item_of[None, :, None]  # (B, m*(L+1), T): memory of the items before
-        # a target sees the memory of the items before it; the other blocks (padding, discarded) see all of
+        # a target sees the memory of the items before it; the other items (padding, discarded) see all of
         # it, so that no query row is empty
         sees = (earlier | ~chosen.repeat_interleave(size, 1)[:, :, None]) & valid[:, None, :]
         for block in self.decoder:
-            y = block(y, mask=self_mask, memory=block.cross.project_kv(memory), memory_mask=sees[:, None])
+            y = block(y, causal=True, memory=block.cross.project_kv(memory), memory_mask=sees[:, None])
         return self.output(y.view(b, m, size, -1)[chosen], decoded[chosen])
 
     @torch.no_grad()
     def start(self, history: Tensor, user: Tensor) -> Context:
         memory, valid, _ = self._encode(history, user)
         kv = [block.cross.project_kv(memory) for block in self.decoder]
-        return Context(kv, valid, position=(history[..., 0] >= 0).sum(1))
+        return Context(kv, valid, position=self.history_length(history))
 
     @torch.no_grad()
     def step_logits(self, context: Context, prefix: Tensor) -> Tensor:
@@ -70,5 +70,4 @@ class EncoderDecoder(Retriever):
         mask = context.valid[:, None, None, :]  # (B, 1, 1, T): the whole history
         for block, memory in zip(self.decoder, context.kv):
             y = block(y, causal=True, memory=memory, memory_mask=mask)
-        h = self.norm(y[:, -1])  # (B*W, d)
-        return self._position_logits(h, p).float().view(b, w, -1)
+        return self.last_logits(y, p, (b, w))

@@ -24,6 +24,8 @@ from semrec.artifacts import INTERACTIONS, RETRIEVER, SEMANTIC_IDS, SPLITS, TOKE
 from semrec.io import atomic_write_json
 
 VALID_K = 10
+FORMAT = 2
+"""The retriever's file format: 2 = positions from the window's start and an item-causal encoder."""
 
 
 class RetrieverTask:
@@ -121,6 +123,7 @@ def run_fit_retriever(ws, run) -> dict:
     folder = ws.path(RETRIEVER)
     model.save(folder / "model.safetensors", {"steps": result.steps, "best_step": best.get("step")})
     atomic_write_json(folder / "config.json", {
+        "format": FORMAT,
         "model": dataclasses.asdict(config),
         "params": model.num_params(),
         "semantic_ids": {"digest": ids.digest(), "items": len(ids.codes), "kind": ids.kind},
@@ -188,6 +191,9 @@ def load_trained(ws, device: torch.device) -> Trained:
         trained_items, digest = int(config["semantic_ids"]["items"]), config["semantic_ids"]["digest"]
     except (ValueError, KeyError, TypeError) as e:
         raise SemrecError(f"{config_path} is corrupt: {e}", "run `semrec fit-retriever --force`") from e
+    if config.get("format") != FORMAT:
+        raise SemrecError(f"the retriever in {folder} was trained by an earlier semrec, whose model reads "
+                          "positions differently", "run `semrec fit-retriever --force` to train it again")
     ids = read_semantic_ids(ws.path(SEMANTIC_IDS), ws.path(TOKENIZER))
     if len(ids.codes) < trained_items or ids.digest(trained_items) != digest:
         raise SemrecError(

@@ -2,7 +2,7 @@
 
 Vocabulary (token ids), for L code levels of K codes and D collision tokens:
 
-    0 PAD, 1 BOS, 2 EOS
+    0 PAD, 1 BOS, 2 reserved (was EOS)
     3 + l*K + c          code c at level l (each level has its own K ids)
     3 + L*K + d          collision token d (D = the largest collision token in the data + 1)
     3 + L*K + D + b      user bin b (absent when user_bins = 0)
@@ -28,8 +28,9 @@ The architectures are registered in `semrec.registry.ARCHITECTURES`, one module 
 of `Retriever` that implement `forward`, `start` and `step_logits` (all that beam.py uses):
 - "encoder-decoder" (TIGER, encoder_decoder.py): the encoder reads the user token and the history,
   the decoder generates the next item's L+1 tokens with cross-attention to the encoder.
-- "decoder-only" (decoder_only.py): one causal stack over [user, history, BOS, target]; its
-  encoder_layers + decoder_layers blocks give a parameter count comparable to the encoder-decoder.
+- "decoder-only" (decoder_only.py): one causal stack over [user, item_1 ... item_n] whose every
+  token predicts the next; its encoder_layers + decoder_layers blocks give a parameter count
+  comparable to the encoder-decoder.
 This module holds what they share: the config, the embeddings, attention blocks, the output head,
 saving and loading.
 
@@ -52,8 +53,8 @@ from torch import Tensor, nn
 from semrec.errors import SemrecError
 from semrec.registry import ARCHITECTURES
 
-PAD, BOS, EOS = 0, 1, 2
-SPECIALS = 3
+PAD, BOS = 0, 1
+SPECIALS = 3  # PAD, BOS and one reserved id
 
 
 @dataclass
@@ -345,6 +346,15 @@ class Retriever(nn.Module):
             tokens = torch.cat([torch.full((len(tokens), 1), BOS, device=tokens.device), tokens], 1)  # (N, p+1)
         slots = torch.arange(tokens.shape[1], device=prefix.device)
         return self.drop(self.tokens(tokens) + self.slot(slots) + self.position(position)[:, None])
+
+    @staticmethod
+    def history_length(history: Tensor) -> Tensor:
+        """(B, n, L+1) left-padded histories -> (B,) real items: the position of the item generated next."""
+        return (history[..., 0] >= 0).sum(1)
+
+    def last_logits(self, y: Tensor, p: int, beams: tuple[int, int]) -> Tensor:
+        """Logits of item position p from the last of the hidden states y (B*W, t, d): (B, W, V_p)."""
+        return self._position_logits(self.norm(y[:, -1]), p).float().view(*beams, -1)
 
     def _position_logits(self, h: Tensor, p: int) -> Tensor:
         """Logits over the tokens item position p can take, from hidden states h (..., d)."""
