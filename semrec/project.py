@@ -113,7 +113,9 @@ def _did_you_mean(word: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _build(cls, raw: dict, prefix: str, source: str):
+def _build(cls, raw: dict, prefix: str, source: str, base=None):
+    """An instance of the settings dataclass `cls` from a table: `base` (else the class defaults) with
+    the table's keys checked and applied."""
     if not isinstance(raw, dict):
         where = prefix.rstrip(".") or "the file"
         raise SemrecError(f"{source}: [{where}] must be a table, got {raw!r}")
@@ -130,12 +132,14 @@ def _build(cls, raw: dict, prefix: str, source: str):
         if name not in raw:
             continue
         values[name] = _check_value(hints[name], raw[name], f, f"{prefix}{name}", source)
-    return cls(**values)
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
 
 
 def _check_value(hint, value, f, keypath: str, source: str):
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, prefix=keypath + ".", source=source)
+        # a sub-table starts from its field's own defaults (the retriever's training block is not the tokenizer's)
+        base = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        return _build(hint, value, prefix=keypath + ".", source=source, base=base)
     origin = typing.get_origin(hint)
     if origin is typing.Literal:
         allowed = typing.get_args(hint)

@@ -118,3 +118,11 @@ def test_the_history_length_belongs_to_the_retriever_not_to_download():
     settings.retriever.max_seq_len = 7
     after = digests(settings)
     assert after["download"] == before["download"] and after["fit-retriever"] != before["fit-retriever"]
+
+
+def test_a_partial_training_block_keeps_the_stage_s_own_defaults():
+    settings = settings_from_dict({"retriever": {"train": {"steps": 7}}, "tokenizer": {"train": {"lr": 0.5}}})
+    assert settings.retriever.train.steps == 7 and settings.retriever.train.weight_decay == 0.035
+    assert settings.retriever.train.warmup_steps == 500 and settings.tokenizer.train.batch_size == 1024
+    assert settings.tokenizer.train.lr == 0.5 and settings.tokenizer.train.steps == 1000
+    assert preset_settings("demo").retriever.train.weight_decay == 0.035
