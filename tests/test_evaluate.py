@@ -189,6 +189,7 @@ def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch, mode):
 
 
 # -- the command ---------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["test", "valid"])
 def test_eval_json_has_the_documented_shape(fitted, split):
     ws = fitted("encoder-decoder")

@@ -21,6 +21,8 @@ from test_evaluate import TINY, use_synthetic_tokenizer
 
 FAST = {**TINY, "retriever.train.steps": 40, "retriever.user_bins": 50}
 
+pytestmark = pytest.mark.slow  # every test here shares a trained retriever
+
 
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory) -> Path:

@@ -12,6 +12,8 @@ from semrec.registry import ARCHITECTURES, register_architecture
 from semrec.retriever.model import Batch, Context, Output, Retriever, RetrieverConfig
 from test_evaluate import TINY, use_synthetic_tokenizer
 
+pytestmark = pytest.mark.slow  # trains a retriever
+
 
 class BagOfItems(Retriever):
     """Each target reads the mean embedding of the items before it, added to its own inputs: no attention."""

@@ -55,6 +55,7 @@ def toyhash(monkeypatch):
     monkeypatch.setitem(TOKENIZERS, "toyhash", Entry(f"{__name__}:ToyTokenizer"))
 
 
+@pytest.mark.slow
 def test_a_registered_kind_runs_through_fit_tokenizer_and_tokenize(small_workspace, toyhash):
     ws = small_workspace("toyhash")
     figures = ws.ensure("tokenize")

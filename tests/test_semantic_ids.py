@@ -42,6 +42,7 @@ def test_tokenize_reports_tag_agreement_when_tags_exist(small_workspace):
     assert figures["nmi"][0] > 0.2
 
 
+@pytest.mark.slow
 def test_same_ids_on_every_run(small_workspace):
     a = small_workspace("rqvae")
     b = small_workspace("rqvae")

@@ -67,6 +67,7 @@ def fitted(ws) -> dict:
     return ws.ensure("fit-tokenizer")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rqvae", "hidvae", "rqkmeans"])
 def test_fit_writes_model_config_and_metrics_without_collapse(small_workspace, kind):
     ws = small_workspace(kind, **{"tokenizer.train.steps": 200 if kind == "hidvae" else 60})
@@ -96,6 +97,7 @@ def test_fit_writes_model_config_and_metrics_without_collapse(small_workspace, k
         assert metrics["steps"] == config["settings"]["tokenizer.train"]["steps"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rqvae", "rqkmeans"])
 def test_same_seed_gives_same_ids_also_after_save_and_load(small_workspace, kind, tmp_path):
     from semrec.embed import load_embeddings
@@ -113,6 +115,7 @@ def test_same_seed_gives_same_ids_also_after_save_and_load(small_workspace, kind
     assert torch.equal(first.assign(embeddings)[1], loaded.assign(embeddings)[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_mode", ["rotation", "gumbel"])
 def test_resume_matches_uninterrupted_run(small_workspace, monkeypatch, grad_mode):
     straight = small_workspace("rqvae", **{"tokenizer.rqvae.grad_mode": grad_mode})
