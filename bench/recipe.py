@@ -23,11 +23,11 @@ sys.path.insert(0, str(REPO))
 
 
 def apply(settings, overrides: dict) -> None:
+    from semrec.pipeline import lookup
+
     for key, value in overrides.items():
-        owner = settings.retriever
-        *tables, last = key.split(".")
-        for name in tables:
-            owner = getattr(owner, name)
+        *tables, last = f"retriever.{key}".split(".")
+        owner = lookup(settings, ".".join(tables))
         if not hasattr(owner, last):
             raise SystemExit(f"unknown retriever setting {key!r}")
         setattr(owner, last, value)

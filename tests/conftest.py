@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from semrec.pipeline import lookup
 from semrec.project import Project, preset_settings
 from semrec.report import RecordingReporter
 from semrec.workspace import Workspace
@@ -34,11 +35,8 @@ def workspace_at(root: Path, preset: str = "demo", **overrides) -> Workspace:
     """A Workspace in `root` with a preset's settings and {"section.key": value} overrides, recording messages."""
     settings = preset_settings(preset)
     for key, value in overrides.items():
-        obj = settings
         *parents, last = key.split(".")
-        for part in parents:
-            obj = getattr(obj, part)
-        setattr(obj, last, value)
+        setattr(lookup(settings, ".".join(parents)), last, value)
     root.mkdir(parents=True, exist_ok=True)
     return Workspace(Project(path=root / "semrec.toml", settings=settings), RecordingReporter())
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from semrec.cli import app
 from semrec.errors import SemrecError
-from semrec.pipeline import STAGES
+from semrec.pipeline import STAGES, lookup
 from semrec.project import init_project, load_project, preset_settings, settings_from_dict
 from semrec.settings import MOVED_KEYS
 
@@ -24,12 +24,6 @@ def nested(dotted: str, value) -> dict:
         table = table.setdefault(name, {})
     table[key] = value
     return raw
-
-
-def lookup(settings, dotted: str):
-    for part in dotted.split("."):
-        settings = getattr(settings, part)
-    return settings
 
 
 def changed_value(value):
