@@ -12,6 +12,7 @@ TAGS = "tags.parquet"
 TOKENIZER = "tokenizer"
 SEMANTIC_IDS = "semantic_ids.parquet"
 RETRIEVER = "retriever"
+SASREC = "baselines/sasrec"
 EVAL_METRICS = "eval/metrics.json"
 MANIFEST = "manifest.json"
 

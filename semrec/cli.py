@@ -4,6 +4,7 @@ Results go to stdout (a rich table, or JSON with --json); messages and progress 
 A `SemrecError` becomes one coloured line and exit code 2 (bad input) or 1 (failure).
 """
 
+import contextlib
 import functools
 import json
 import sys
@@ -28,7 +29,7 @@ ResumeOption = Annotated[
 ]
 
 
-_global_options: dict = {"project": None, "debug": False}
+_global_options: dict = {"project": None, "debug": False, "wait": False, "held": None, "command": None}
 
 
 @app.callback()
@@ -37,8 +38,11 @@ def _options(
         Optional[Path], typer.Option("--project", "-p", help="Project file or folder (default: search upwards).")
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="If another command is writing in the workspace, wait for it instead of stopping.")
+    ] = False,
 ):
-    _global_options.update(project=project, debug=debug)
+    _global_options.update(project=project, debug=debug, wait=wait)
 
 
 def _console(stderr: bool = True):
@@ -57,7 +61,9 @@ def command(name: str | None = None):
 
             debug = _global_options["debug"]
             try:
-                return fn(*args, **kwargs)
+                with contextlib.ExitStack() as held:  # what the command holds (the workspace lock) until it ends
+                    _global_options.update(held=held, command=name or fn.__name__.replace("_", "-"))
+                    return fn(*args, **kwargs)
             except SemrecError as e:
                 if debug:
                     _console().print_exception()
@@ -82,7 +88,8 @@ def command(name: str | None = None):
     return wrap
 
 
-def _workspace():
+def _workspace(writes: bool = True):
+    """The project's workspace; a command that may write in it holds its lock until the command ends."""
     from semrec.project import load_project
     from semrec.rich_report import RichReporter
     from semrec.workspace import Workspace
@@ -92,7 +99,11 @@ def _workspace():
     reporter = RichReporter(_console())
     for notice in project.notices:
         reporter.warn(notice)
-    return Workspace(project, reporter)
+    ws = Workspace(project, reporter)
+    if writes:
+        command_line = f"semrec {_global_options['command']}"
+        _global_options["held"].enter_context(ws.lock(command_line, wait=_global_options["wait"]))
+    return ws
 
 
 def _emit(result, as_json: bool, render=None) -> None:
@@ -124,7 +135,7 @@ def status(as_json: JsonOption = False):
     """Each stage: done / stale / missing, when it ran, its artifact sizes and key figures."""
     from semrec.rich_report import print_status
 
-    ws = _workspace()
+    ws = _workspace(writes=False)
     rows = ws.status()
     _emit({"project": str(ws.project.path), "stages": rows}, as_json, lambda r: print_status(_console(False), r))
 
@@ -216,21 +227,51 @@ def fit_retriever(
     _emit(ws.ensure("fit-retriever", force=force, options={"resume": resume}), as_json)
 
 
+@command("fit-baseline")
+def fit_baseline(
+    force: ForceOption = False,
+    resume: ResumeOption = True,
+    max_minutes: Annotated[
+        Optional[float],
+        typer.Option("--max-minutes", help="Stop training after this many minutes, keeping the best checkpoint "
+                     "(0 = no limit; default: baselines.sasrec.train.max_minutes)."),
+    ] = None,
+    as_json: JsonOption = False,
+):
+    """Train the SASRec baseline (item IDs, full cross-entropy) that `semrec eval` ranks beside the retriever."""
+    ws = _workspace()
+    if max_minutes is not None:
+        ws.settings.baselines.sasrec.train.max_minutes = max_minutes
+    _emit(ws.ensure("fit-baseline", force=force, options={"resume": resume}), as_json)
+
+
 @command("eval")
 def evaluate(
     split: Annotated[Optional[str], typer.Option("--split", help="test (default) or valid.")] = None,
+    baselines: Annotated[
+        Optional[str], typer.Option("--baselines", help="Comma-separated baselines to rank beside the retriever: "
+                                    "popularity, sasrec (default: eval.baselines).")
+    ] = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
 ):
-    """Recall@K and NDCG@K of the retriever beside a popularity baseline."""
+    """Recall@K and NDCG@K of the retriever beside the baselines (popularity; SASRec once trained)."""
     from semrec.errors import SemrecError
     from semrec.rich_report import print_eval
+    from semrec.settings import BASELINES
 
     ws = _workspace()
     if split is not None:
         if split not in ("test", "valid"):
             raise SemrecError(f"--split {split!r} is not a split", "use --split test or --split valid")
         ws.settings.eval.split = split
+    if baselines is not None:
+        names = [name.strip() for name in baselines.split(",") if name.strip()]
+        unknown = [name for name in names if name not in BASELINES]
+        if unknown:
+            raise SemrecError(f"--baselines names {', '.join(map(repr, unknown))}, which is not a baseline",
+                              f"choose among {', '.join(BASELINES)}, e.g. --baselines popularity,sasrec")
+        ws.settings.eval.baselines = names
     _emit(ws.ensure("eval", force=force), as_json, lambda r: print_eval(_console(False), r))
 
 

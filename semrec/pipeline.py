@@ -47,6 +47,15 @@ def _retriever_settings(settings) -> tuple[str, ...]:
             *(f"-retriever.{key}" for key in _HOW_LONG))
 
 
+def _baseline_settings(settings) -> tuple[str, ...]:
+    return ("baselines.sasrec", "project.seed", "-baselines.sasrec.device",
+            *(f"-baselines.sasrec.{key}" for key in _HOW_LONG))
+
+
+def _eval_upstream(settings) -> tuple[str, ...]:
+    return ("fit-retriever", "fit-baseline") if "sasrec" in settings.eval.baselines else ("fit-retriever",)
+
+
 def lookup(settings, key: str):
     for part in key.split("."):
         settings = getattr(settings, part)
@@ -125,11 +134,18 @@ STAGES: dict[str, Stage] = {
             _fixed("tokenize", "download"),
         ),
         Stage(
+            "fit-baseline",
+            "semrec.baselines.fit:run_fit_baseline",
+            _baseline_settings,
+            ("baselines/sasrec",),
+            _fixed("download"),
+        ),
+        Stage(
             "eval",
             "semrec.evaluate:run_eval",
             _fixed("eval", "-eval.batch_size"),
             ("eval/metrics.json",),
-            _fixed("fit-retriever"),
+            _eval_upstream,
         ),
     ]
 }

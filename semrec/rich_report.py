@@ -96,6 +96,11 @@ def print_eval(console: Console, result: dict) -> None:
     table.add_row(result.get("model", {}).get("name", "retriever"), *(f"{result['metrics'][m]:.4f}" for m in metrics))
     for name, values in result.get("baselines", {}).items():
         table.add_row(name, *(f"{values[m]:.4f}" for m in metrics))
+    best = result.get("vs_best_baseline")
+    if best:
+        table.add_row(f"retriever / {best['baseline']}",
+                      *("-" if best["ratio"][m] is None else f"{best['ratio'][m]:.2f}x" for m in metrics),
+                      style="dim")
     console.print(table)
 
 

@@ -102,12 +102,27 @@ class LLMSettings:
     base_url: str = setting("", "Endpoint base URL, e.g. http://localhost:11434/v1 ('' = no LLM).")
     model: str = setting("", "Model name the server knows.")
     api_key_env: str = setting("OPENAI_API_KEY", "Environment variable that holds the API key (unset = no key sent).")
-    concurrency: int = setting(4, "Requests in flight at once.", min=1)
-    timeout_s: float = setting(60.0, "Seconds before a request is abandoned and retried.", min=0.1)
+    concurrency: int = setting(
+        2, "Requests in flight at once (a local server on a small CPU answers one at a time; raise it for a hosted API).", min=1
+    )
+    timeout_s: float = setting(
+        120.0, "Seconds to wait for an answer, time queued at the server included, before it is retried.", min=0.1
+    )
     max_retries: int = setting(4, "Retries of a request on 429, 5xx, timeouts and invalid answers.", min=0)
     retry_wait_s: float = setting(1.0, "Wait before the first retry; it doubles with each retry (a server's Retry-After wins).", min=0)
     candidates: int = setting(10, "Closest existing tags offered to the model per level.", min=0)
+    candidates_only: bool = setting(
+        True, "Hold each level that has candidates to them in the answer's JSON schema (false: the model may write new tags).",
+    )
     temperature: float = setting(0.0, "Sampling temperature sent to the model.", min=0)
+    max_tokens: int = setting(
+        0, "Longest answer in tokens (0 = room for tag.levels names of 80 characters; raise it for a model that reasons first).",
+        min=0,
+    )
+    max_failure_share: float = setting(
+        0.2, "The tag stage fails when a larger share of the items asked got no valid answer (the rest get fallback tags).",
+        min=0, max=1,
+    )
 
 
 @section
@@ -232,6 +247,40 @@ class RetrieverSettings:
 
 
 @section
+class SASRecSettings:
+    """SASRec with cross-entropy over the catalogue: the item-ID baseline `semrec eval` compares against."""
+
+    max_seq_len: int = setting(50, "Longest history (in items) it reads.", min=1)
+    d_model: int = setting(64, "Model width (also the item embedding size).", min=8)
+    layers: int = setting(2, "Self-attention blocks.", min=1)
+    heads: int = setting(1, "Attention heads (d_model must divide by it).", min=1)
+    ff_dim: int = setting(256, "Feed-forward width.", min=8)
+    dropout: float = setting(0.5, "Dropout (embeddings, attention, feed-forward).", min=0, max=0.9)
+    loss: Literal["full", "sampled"] = setting(
+        "full", "full: softmax over every item; sampled: over the target and `negatives` popular-sampled items with "
+        "the logQ correction (for catalogues too large for a full softmax).",
+    )
+    negatives: int = setting(1024, "sampled only: negatives per step, shared by its targets.", min=1)
+    eval_every: int = setting(500, "Validate (Recall@10, NDCG@10 on the validation targets) every N steps.", min=1)
+    patience: int = setting(10, "Stop after this many validations without improvement (0 = never).", min=0)
+    valid_users: int = setting(0, "Validate on this many users, a fixed sample (0 = all).", min=0)
+    device: str = setting("auto", "auto, cpu, cuda, ...")
+    train: TrainingSettings = training_block(steps=20000, batch_size=128, lr=1e-3, schedule="constant",
+                                             warmup_steps=100, checkpoint_every=1000)
+
+
+@section
+class BaselineSettings:
+    """Trained baselines (`semrec fit-baseline`); popularity needs no training."""
+
+    sasrec: SASRecSettings = field(default_factory=SASRecSettings)
+
+
+BASELINES = ("popularity", "sasrec")
+"""The baselines `semrec eval` can rank with."""
+
+
+@section
 class EvalSettings:
     """Evaluation and decoding (also what `semrec recommend` decodes with): changing these never retrains."""
 
@@ -239,6 +288,11 @@ class EvalSettings:
     split: Literal["test", "valid"] = setting("test", "Targets to evaluate on; the test targets are read only here.")
     beam_size: int = setting(20, "Beam width of the constrained beam search.", min=1)
     batch_size: int = setting(256, "Users decoded at once.", min=1)
+    baselines: list = setting(
+        ["popularity"],
+        "Baselines ranked beside the retriever: popularity, sasrec (trained by `semrec fit-baseline` first). "
+        "sasrec joins by itself once it is trained.",
+    )
 
 
 @section
@@ -251,6 +305,7 @@ class Settings:
     tag: TagSettings = field(default_factory=TagSettings)
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
     retriever: RetrieverSettings = field(default_factory=RetrieverSettings)
+    baselines: BaselineSettings = field(default_factory=BaselineSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 

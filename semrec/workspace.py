@@ -3,19 +3,25 @@
 Every stage records in `manifest.json` a digest of the settings it reads and of the artifacts of
 the stages upstream of it. A stage is *done* when its record matches the current settings and
 upstream artifacts, *stale* when something it read has changed, *missing* when it never ran (or
-was interrupted: a record is dropped before a stage starts and written only once it finished).
+was interrupted: a record is dropped before a stage starts and written only once it finished; a
+stage that fails before writing anything, not even a checkpoint, gets its record back, so the
+manifest is as it was; one that wrote a checkpoint stays missing, so that running it again resumes).
+
+Commands that may write hold the workspace's lock (`Workspace.lock`), one at a time.
 """
 
 import hashlib
 import importlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from semrec.artifacts import MANIFEST
 from semrec.errors import SemrecError
-from semrec.io import atomic_write_json
+from semrec.io import atomic_write_json, remove_stale_temp_files
+from semrec.lock import hold_lock
 from semrec.pipeline import STAGES, Stage, select_settings
 from semrec.project import Project
 from semrec.report import Reporter
@@ -25,12 +31,18 @@ def digest_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _files(path: Path) -> list[Path]:
+    """An artifact's files: itself, or a folder's files without its `checkpoints/` (scratch); none if absent."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
+
+
 def digest_files(paths: list[Path]) -> str:
     """Content digest of files and folders (a folder's `checkpoints/` is skipped: it is scratch)."""
     h = hashlib.sha256()
     for path in paths:
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
-        for f in files:
+        for f in _files(path):
             h.update(str(f.relative_to(path.parent)).encode())
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
@@ -39,9 +51,20 @@ def digest_files(paths: list[Path]) -> str:
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
+    return sum(f.stat().st_size for f in _files(path))
+
+
+def _stamps(paths: list[Path]) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime) of every file under `paths`, checkpoints included.
+
+    An atomic rename changes the inode, so equal stamps before and after a stage mean it wrote nothing.
+    """
+    stamps = {}
+    for path in paths:
+        for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            st = f.stat()
+            stamps[str(f)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stamps
 
 
 @dataclass
@@ -74,6 +97,30 @@ class Workspace:
     def path(self, artifact: str) -> Path:
         return self.root / artifact
 
+    @contextmanager
+    def lock(self, command: str, wait: bool = False):
+        """Hold the workspace for `command`, which may write in it; another one waits or is refused.
+
+        Holding it, no other command can be writing here, so the temporary files that atomic writes
+        killed with -9 left beside the artifacts are removed (those older than the lock only).
+        """
+        with hold_lock(self.root, command, wait=wait, on_wait=self.reporter.warn):
+            taken = time.time()
+            removed = [f for folder in self._artifact_folders() for f in remove_stale_temp_files(folder, taken)]
+            if removed:
+                self.reporter.info(f"removed {len(removed)} temporary file(s) left by an interrupted command")
+            yield
+
+    def _artifact_folders(self) -> set[Path]:
+        """Every folder an artifact is written to: the workspace, the outputs' parents and folder outputs."""
+        folders = {self.root}
+        for stage in STAGES.values():
+            for path in (self.path(a) for a in stage.outputs):
+                folders.add(path.parent)
+                if path.is_dir():
+                    folders |= {path, *(p for p in path.rglob("*") if p.is_dir())}
+        return folders
+
     # -- manifest ---------------------------------------------------------------------------
     def manifest(self) -> dict:
         path = self.path(MANIFEST)
@@ -86,6 +133,17 @@ class Workspace:
 
     def _save_manifest(self, manifest: dict) -> None:
         atomic_write_json(self.path(MANIFEST), manifest)
+
+    def _set_record(self, name: str, record: dict | None) -> None:
+        """Put `record` in the manifest as `name`'s (None drops it), writing only if that changes it."""
+        manifest = self.manifest()
+        if manifest.get(name) == record:
+            return
+        if record is None:
+            del manifest[name]
+        else:
+            manifest[name] = record
+        self._save_manifest(manifest)
 
     def settings_digest(self, stage: Stage) -> str:
         return digest_json(select_settings(self.settings, stage.settings(self.settings)))
@@ -144,12 +202,17 @@ class Workspace:
     def _run(self, name: str, fresh: bool, options: dict) -> dict:
         stage = STAGES[name]
         run = StageRun(stage=name, fingerprint=self.fingerprint(name), fresh=fresh, options=options)
-        manifest = self.manifest()
-        manifest.pop(name, None)
-        self._save_manifest(manifest)
+        outputs = [self.path(a) for a in stage.outputs]
+        previous, before = self.manifest().get(name), _stamps(outputs)
+        self._set_record(name, None)  # a command killed mid-stage leaves it missing
         module, func = stage.run.split(":")
         started = time.time()
-        figures = getattr(importlib.import_module(module), func)(self, run) or {}
+        try:
+            figures = getattr(importlib.import_module(module), func)(self, run) or {}
+        except BaseException:
+            if _stamps(outputs) == before:  # it wrote nothing: its previous outputs and record still hold
+                self._set_record(name, previous)
+            raise
         missing = [a for a in stage.outputs if not self.path(a).exists()]
         if missing:
             raise SemrecError(f"stage {name} finished without writing {', '.join(missing)}", exit_code=1)

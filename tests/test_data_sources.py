@@ -6,11 +6,12 @@ import io
 import json
 import tarfile
 import zipfile
+from dataclasses import replace
 
 import polars as pl
 import pytest
 
-from semrec.data import download, movielens
+from semrec.data import amazon, download, movielens
 from semrec.data.download import RawFile
 from semrec.errors import SemrecError
 from semrec.artifacts import INTERACTIONS, ITEMS, SPLITS
@@ -115,7 +116,28 @@ ITEM_FILE = (
 )
 
 
-def write_p5(folder, with_items=True, item_name="Amazon_Beauty.item"):
+@pytest.fixture
+def write_p5(monkeypatch):
+    """write_p5(folder, variant) writes tiny P5 files and records their digests, as amazon.P5_FILES records the real ones'."""
+
+    def write(folder, variant="beauty", with_items=True):
+        files = amazon.P5_FILES[variant]
+        _write_p5_files(folder, with_items, item_name=files[2].name)
+        recorded = tuple(
+            replace(raw, sha256=_content_sha256(download.find_local(raw, folder))) if raw.sha256 else raw for raw in files
+        )
+        monkeypatch.setitem(amazon.P5_FILES, variant, recorded)
+        return folder
+
+    return write
+
+
+def _content_sha256(path) -> str:
+    body = path.read_bytes()
+    return hashlib.sha256(gzip.decompress(body) if path.suffix == ".gz" else body).hexdigest()
+
+
+def _write_p5_files(folder, with_items, item_name):
     folder.mkdir()
     # users out of order in the file: ids must still follow P5's numbering
     (folder / "sequential_data.txt.gz").write_bytes(gzip.compress(b"2 3 1 2\n1 1 2 3\n"))
@@ -124,10 +146,9 @@ def write_p5(folder, with_items=True, item_name="Amazon_Beauty.item"):
     (folder / "datamaps.json").write_text(json.dumps(datamaps))
     if with_items:
         (folder / item_name).write_text(ITEM_FILE)
-    return folder
 
 
-def test_amazon_p5_ids_follow_datamaps_and_metadata_comes_from_the_recbole_item_file(make_workspace, tmp_path):
+def test_amazon_p5_ids_follow_datamaps_and_metadata_comes_from_the_recbole_item_file(make_workspace, tmp_path, write_p5):
     local = write_p5(tmp_path / "p5")
     ws = make_workspace("beauty", **{"data.source_format": "p5", "data.local_dir": str(local), "data.min_interactions": 0})
     figures = ws.ensure("download")
@@ -144,8 +165,8 @@ def test_amazon_p5_ids_follow_datamaps_and_metadata_comes_from_the_recbole_item_
     assert figures["titles_filled"] == 1
 
 
-def test_amazon_p5_without_an_item_file_uses_the_asins_and_warns(make_workspace, tmp_path):
-    local = write_p5(tmp_path / "p5", with_items=False)
+def test_amazon_p5_without_an_item_file_uses_the_asins_and_warns(make_workspace, tmp_path, write_p5):
+    local = write_p5(tmp_path / "p5", "sports", with_items=False)
     ws = make_workspace("sports", **{"data.source_format": "p5", "data.local_dir": str(local), "data.min_interactions": 0})
     figures = ws.ensure("download")
     items, _, _ = tables(ws)

@@ -8,6 +8,7 @@ end to end elsewhere.
 import dataclasses
 import json
 import math
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -203,3 +204,30 @@ def test_eval_json_has_the_documented_shape(fitted, split):
     assert {"name", "arch", "params", "tokenizer", "steps"} <= set(report["model"])
     assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
     assert json.loads(ws.path("eval/metrics.json").read_text()) == report
+
+
+@pytest.mark.slow
+def test_eval_ranks_sasrec_beside_the_retriever_when_asked_and_once_trained(fitted):
+    ws = fitted("decoder-only")
+    head, tail = ws.project.path.read_text().split("[baselines.sasrec.train]")
+    ws.project.path.write_text(head + "[baselines.sasrec.train]" + re.sub(r"\nsteps = \d+", "\nsteps = 40", tail, count=1))
+    runner = CliRunner()
+    plain = runner.invoke(app, ["--project", str(ws.root), "eval", "--json"])
+    assert plain.exit_code == 0, plain.output
+    report = json.loads(plain.stdout)
+    assert list(report["baselines"]) == ["popularity"] and report["vs_best_baseline"]["baseline"] == "popularity"
+
+    asked = runner.invoke(app, ["--project", str(ws.root), "eval", "--baselines", "popularity,sasrec", "--json"])
+    assert asked.exit_code == 0, asked.output
+    assert "fit-baseline: missing" in asked.stderr and "fit-retriever" not in asked.stderr.split("fit-baseline")[0]
+    report = json.loads(asked.stdout)
+    assert list(report["baselines"]) == ["popularity", "sasrec"]
+    assert set(report["baselines"]["sasrec"]) == set(report["metrics"])
+    sasrec = report["baseline_models"]["sasrec"]
+    assert sasrec["loss"] == "full" and sasrec["users_per_s"] > 0 and sasrec["steps"] > 0
+    best = report["vs_best_baseline"]
+    ndcg = max(report["baselines"].values(), key=lambda m: m["ndcg@10"])["ndcg@10"]
+    assert best["by"] == "ndcg@10" and best["ratio"]["ndcg@10"] == pytest.approx(report["metrics"]["ndcg@10"] / ndcg, abs=1e-3)
+
+    default = runner.invoke(app, ["--project", str(ws.root), "eval", "--force", "--json"])
+    assert list(json.loads(default.stdout)["baselines"]) == ["popularity", "sasrec"]  # trained: it joins by itself

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semrec"
 
 LAYERS = {
     # 0: leaves that every layer may use
-    "semrec": 0, "semrec.errors": 0, "semrec.report": 0, "semrec.settings": 0, "semrec.io": 0,
+    "semrec": 0, "semrec.errors": 0, "semrec.report": 0, "semrec.settings": 0, "semrec.io": 0, "semrec.lock": 0,
     "semrec.artifacts": 0, "semrec.registry": 0, "semrec.device": 0, "semrec.metrics": 0,
     # 1: the project file, the stage table, the trainer, k-means
     "semrec.project": 1, "semrec.pipeline": 1, "semrec.train": 1, "semrec.kmeans": 1,

@@ -26,6 +26,8 @@ def stage_c(ws, run):
     if run.options.get("fail"):
         raise RuntimeError("interrupted")
     atomic_write_text(ws.path("c.txt"), ws.path("b.txt").read_text() + f" c{ws.settings.eval.ks}")
+    if run.options.get("fail_after_writing"):
+        raise RuntimeError("interrupted")
     return {}
 
 
@@ -83,13 +85,21 @@ def test_setting_left_out_of_the_fingerprint_changes_nothing(chain, make_workspa
     assert states(ws) == {"a": "done", "b": "stale", "c": "stale"}
 
 
-def test_interrupted_stage_is_missing_and_its_previous_artifact_intact(chain, make_workspace):
+def test_stage_interrupted_before_writing_keeps_its_record_and_previous_artifact(chain, make_workspace):
     ws = make_workspace()
     ws.ensure("c")
     before = ws.path("c.txt").read_text()
     with pytest.raises(RuntimeError):
         ws.ensure("c", force=True, options={"fail": True})
     assert ws.path("c.txt").read_text() == before
+    assert states(ws) == {"a": "done", "b": "done", "c": "done"}
+
+
+def test_stage_interrupted_after_writing_is_missing(chain, make_workspace):
+    ws = make_workspace()
+    ws.ensure("c")
+    with pytest.raises(RuntimeError):
+        ws.ensure("c", force=True, options={"fail_after_writing": True})
     assert ws.state("c").state == "missing"
     assert ws.state("b").state == "done"
 

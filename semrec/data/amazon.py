@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from semrec.data.download import RawFile, RawFiles, open_text
+from semrec.data.download import RawFile, RawFiles, open_text, replace_hint
 from semrec.data.source import SourceData, clean_text, compose_text, frame_from_rows
 from semrec.data.tables import read_atomic
 from semrec.errors import SemrecError
@@ -128,7 +128,7 @@ def read_reviews(path: Path) -> pl.DataFrame:
                 raise SemrecError(
                     f"{path.name} line {number}: not a review record ({type(e).__name__}: {e})",
                     "each line must be one review with reviewerID, asin and unixReviewTime; "
-                    "the file may be damaged: delete it to fetch it again",
+                    f"the file may be damaged: {replace_hint(path)}",
                 ) from e
     return pl.DataFrame(
         {"user_key": users, "item_key": items, "timestamp": times, "rating": ratings},
@@ -162,7 +162,7 @@ def read_meta(path: Path, wanted: set[str]) -> dict[str, dict]:
             except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
                 raise SemrecError(
                     f"{path.name} line {number}: not a Python literal ({type(e).__name__}: {e})",
-                    "the metadata file is damaged or not the UCSD 2014 release: delete it to fetch it again",
+                    f"the metadata file is damaged or not the UCSD 2014 release: {replace_hint(path)}",
                 ) from e
             if not isinstance(record, dict) or "asin" not in record:
                 raise SemrecError(f"{path.name} line {number}: not a product record (a dict with an 'asin')")
@@ -258,7 +258,7 @@ def _read_json(path: Path):
         with open_text(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise SemrecError(f"{path.name}: not valid JSON ({e})", "the file is damaged: replace it") from e
+        raise SemrecError(f"{path.name}: not valid JSON ({e})", f"the file is damaged: {replace_hint(path)}") from e
 
 
 def read_sequences(path: Path) -> list[tuple[int, int, list[int]]]:

@@ -1,8 +1,9 @@
 """Your own data: an items table and an interactions table, mapped by `[data.custom]`.
 
-Formats: those of `tables.read_table` (CSV, TSV, Parquet, JSON Lines, RecBole atomic). Every
-value is read as given and checked here, so that a problem names the file, the line (the header
-is line 1; for Parquet, the row) and the column.
+Formats: those of `tables.read_table` (CSV, TSV, Parquet, JSON Lines, RecBole atomic; a CSV may use
+';', tab or '|' instead of ',', found from its header). Every value is read as given and checked
+here, so that a problem names the file, the line (the header is line 1; for Parquet, the row) and
+the column. A table with no rows is an error, whatever the filters downstream.
 
 Timestamps: whole or decimal numbers are unix seconds; text is parsed with
 `data.custom.timestamp_format` (strftime) or, when that is '', as a number or ISO 8601. An empty
@@ -14,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from semrec.data.source import SourceData, clean_text, compose_text, frame_from_rows
-from semrec.data.tables import read_table
+from semrec.data.tables import SEPARATORS, TEXT_SUFFIXES, csv_separator, read_table
 from semrec.errors import SemrecError
 
 
@@ -29,7 +30,19 @@ def load(custom, *, root: Path) -> SourceData:
     inter_path = _resolve(root, custom.interactions_path, "interactions_path")
     items = read_items(items_path, custom)
     interactions = read_interactions(inter_path, custom, items["item_key"])
-    return SourceData(f"custom ({items_path.name} + {inter_path.name})", items, interactions, unknown_items="drop")
+    name = f"custom ({items_path.name} + {inter_path.name})"
+    return SourceData(name, items, interactions, unknown_items="drop", notes=_separator_notes(items_path, inter_path))
+
+
+def _separator_notes(*paths: Path) -> dict:
+    """The separators found in CSV headers that are not the suffix's own (';' in a .csv), to show with the figures."""
+    found = {}
+    for path in paths:
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            separator = csv_separator(path)
+            if separator != TEXT_SUFFIXES[path.suffix.lower()]:
+                found[path.name] = SEPARATORS[separator]
+    return {"separators_found": found} if found else {}
 
 
 def _resolve(root: Path, name: str, key: str) -> Path:
@@ -50,10 +63,16 @@ def _where(path: Path, line: int, column: str) -> str:
 
 def _require(path: Path, frame: pl.DataFrame, column: str, key: str) -> None:
     if column not in frame.columns:
-        found = ", ".join(c for c in frame.columns if c != "_line")
+        found = ", ".join(repr(c) for c in frame.columns if c != "_line")
+        split = f" (the header split on {SEPARATORS[csv_separator(path)]}s)" if path.suffix.lower() in TEXT_SUFFIXES else ""
         raise SemrecError(
-            f"{path.name}: no column {column!r} (data.custom.{key})", f"columns found: {found}; set data.custom.{key}"
+            f"{path.name}: no column {column!r} (data.custom.{key})", f"columns found: {found}{split}; set data.custom.{key}"
         )
+
+
+def _require_rows(path: Path, frame: pl.DataFrame, what: str) -> None:
+    if frame.height == 0:
+        raise SemrecError(f"{path.name} has no rows, only a header", f"fill it with {what}, one per line")
 
 
 def _no_nulls(path: Path, frame: pl.DataFrame, column: str) -> None:
@@ -69,6 +88,7 @@ def read_items(path: Path, custom) -> pl.DataFrame:
     frame = read_table(path)
     id_col = custom.item_id_column
     _require(path, frame, id_col, "item_id_column")
+    _require_rows(path, frame, "your items")
     _no_nulls(path, frame, id_col)
     frame = frame.with_columns(pl.col(id_col).cast(pl.Utf8).str.strip_chars().alias("item_key"))
     duplicated = frame.filter(pl.col("item_key").is_duplicated())
@@ -118,6 +138,7 @@ def read_interactions(path: Path, custom, item_keys: pl.Series) -> pl.DataFrame:
     for column, key in ((custom.user_id_column, "user_id_column"), (custom.item_id_column, "item_id_column")):
         _require(path, frame, column, key)
         _no_nulls(path, frame, column)
+    _require_rows(path, frame, "interactions (user, item)")
     if custom.timestamp_column:
         _require(path, frame, custom.timestamp_column, "timestamp_column")
     if custom.rating_column:

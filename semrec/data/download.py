@@ -5,6 +5,10 @@ connection errors, timeouts and 5xx answers with exponential backoff, verifies a
 and the integrity of gzip / zip archives, and only then renames the file into place. A file that
 fails verification is moved aside to `<dest>.corrupt` and fetched once more; it is never parsed.
 
+A file in `data.local_dir` is the user's own: it is checked (recorded digests, gzip / zip integrity,
+and by each source, a last line cut short) but never deleted or fetched again; a message about a
+damaged file says to replace it there, and to delete it only when it is a cached download.
+
 `RawFiles` decides where a source's file comes from. The base of every download URL can be replaced
 with the environment variable `SEMREC_MIRROR_URL` (the file is then fetched from
 `$SEMREC_MIRROR_URL/<file name>`): for a local mirror, and for the tests.
@@ -112,6 +116,7 @@ class RawFiles:
                     return None
                 raise SemrecError(f"{raw.name} is not in data.local_dir ({self.local_dir})", self.placement_hint(raw))
             _check_local(path)
+            _check_recorded_digest(raw, path)
             return path
         dest = self.cache / raw.name
         if dest.is_file():
@@ -148,17 +153,42 @@ class RawFiles:
             where = f"put it into {self.local_dir}"
         else:
             where = f"put it into {self.cache} (or into a folder named by data.local_dir)"
-        source = f"fetch {raw.url} by hand" if raw.url else f"get {raw.name} (see the dataset's documentation)"
-        return f"{source} and {where}"
+        return f"{_how_to_get(raw)} and {where}"
+
+
+def _how_to_get(raw: RawFile) -> str:
+    """Where to fetch `raw` by hand, and the name to save it under when upstream publishes it under another."""
+    if not raw.url:
+        return f"get {raw.name} (see the dataset's documentation)"
+    published_as = raw.url.rsplit("/", 1)[-1]
+    rename = f", save it as {raw.name} (the name semrec looks for, not {published_as})" if published_as != raw.name else ""
+    return f"fetch {raw.url} by hand{rename}"
+
+
+def replace_hint(path: Path) -> str:
+    """How to get a good copy of a damaged raw file: a cached download is fetched again once deleted; any
+    other file (one of data.local_dir) is the user's own, which semrec neither deletes nor fetches again."""
+    from semrec.artifacts import cache_dir
+
+    if path.resolve().is_relative_to(cache_dir().resolve()):
+        return f"delete {path} to fetch it again"
+    return f"{path} is your own copy (data.local_dir): replace it with a complete copy of the file, or fix it"
+
+
+def _check_recorded_digest(raw: RawFile, path: Path) -> None:
+    """A file of data.local_dir against the digest recorded for it (of its content, when it is a gzipped copy)."""
+    problem = checksum_problem(path, sha256=raw.sha256, md5=raw.md5, gunzip=path.name != raw.name)
+    if problem:
+        raise SemrecError(
+            f"{path} is not the file semrec expects as {raw.name}: its {problem}; it may be truncated or another release",
+            f"{_how_to_get(raw)} and put it into {path.parent} in place of {path.name}",
+        )
 
 
 def _check_local(path: Path) -> None:
     problem = integrity_problem(path)
     if problem:
-        raise SemrecError(
-            f"{path} is damaged: {problem}",
-            "delete it (a cached file is then fetched again) or replace it with a good copy",
-        )
+        raise SemrecError(f"{path} is damaged: {problem}", replace_hint(path))
 
 
 # -- fetching ---------------------------------------------------------------------------------
@@ -273,18 +303,21 @@ def _download_once(url: str, part: Path, reporter: Reporter, *, timeout: float, 
 # -- verification -----------------------------------------------------------------------------
 
 
-def file_digest(path: Path, algorithm: str) -> str:
+def file_digest(path: Path, algorithm: str, *, gunzip: bool = False) -> str:
+    """The hex digest of the file's bytes, or with `gunzip` of the bytes it decompresses to."""
     h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
+    with gzip.open(path, "rb") if gunzip else open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def checksum_problem(path: Path, *, sha256: str | None = None, md5: str | None = None) -> str | None:
+def checksum_problem(
+    path: Path, *, sha256: str | None = None, md5: str | None = None, gunzip: bool = False
+) -> str | None:
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected:
-            actual = file_digest(path, algorithm)
+            actual = file_digest(path, algorithm, gunzip=gunzip)
             if actual != expected.lower():
                 return f"{algorithm} is {actual}, expected {expected}"
     return None
@@ -322,6 +355,39 @@ def integrity_problem(path: Path, name: str | None = None) -> str | None:
     return None
 
 
+def last_line_if_cut(path: Path) -> str | None:
+    """The last line of a plain file that does not end with a newline, as a file cut mid-line does; else None.
+
+    A gzipped file gives None: `integrity_problem` finds a cut gzip stream."""
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return None
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - CHUNK))
+        tail = f.read()
+    if not tail or tail.endswith((b"\n", b"\r")):
+        return None
+    return tail.rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+
+
+def looks_truncated(path: Path, last_line: str, why: str, hint: str | None = None) -> SemrecError:
+    """The error for a file whose last line is cut: it names the file and the line; the hint defaults to `replace_hint`."""
+    return SemrecError(
+        f"{path.name} looks truncated: its last line ends without a newline and {why} (got {last_line[:60]!r})",
+        hint or replace_hint(path),
+    )
+
+
+def check_last_line(path: Path, *, separator: str, fields: int, layout: str) -> None:
+    """Refuse a plain file whose last line is cut: no newline at its end and fewer than `fields` fields.
+
+    For upstream files whose fields hold no quoted separators; `layout` names them in the message."""
+    line = last_line_if_cut(path)
+    found = len(line.split(separator)) if line is not None else fields
+    if found < fields:
+        raise looks_truncated(path, line, f"has {found} of the {fields} fields of {layout}")
+
+
 # -- reading ----------------------------------------------------------------------------------
 
 
@@ -350,7 +416,7 @@ def extract_members(archive: Path, names: tuple[str, ...], folder: Path, *, publ
         if wanted:
             raise SemrecError(
                 f"{archive.name} has no {', '.join(sorted(wanted))}",
-                f"this is not the {publisher} archive; delete {archive} to fetch it again",
+                f"this is not the {publisher} archive; {replace_hint(archive)}",
             )
     return [targets[name] for name in names]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from semrec.data.download import RawFile, RawFiles, extract_members, find_local, open_text
+from semrec.data.download import RawFile, RawFiles, check_last_line, extract_members, find_local, open_text
 from semrec.data.source import SourceData, clean_text, compose_text, frame_from_rows
 from semrec.errors import SemrecError
 from semrec.report import Reporter
@@ -36,6 +36,11 @@ ARCHIVES = {
 }
 _YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 _KEY = pl.Int32
+RATINGS_DAT = "UserID::MovieID::Rating::Timestamp"
+MOVIES_DAT = "MovieID::Title::Genres"
+RECONSTRUCTED_CSV = "UserID,MovieID,Rating,Timestamp"
+RATINGS_CSV = "userId,movieId,rating,timestamp"
+MOVIES_CSV = "movieId,title,genres"
 
 
 def load(data, *, root: Path, reporter: Reporter) -> SourceData:
@@ -63,11 +68,12 @@ def _load_1m_extracted(files: RawFiles) -> SourceData:
     """From files in data.local_dir instead of the zip: movies.dat, with ratings.dat or the reconstructed ratings."""
     name = "movielens 1m"
     movies = files.get(RawFile("movies.dat", None))
-    ratings = find_local(RawFile("ratings.dat", None), files.local_dir)
+    ratings = files.get(RawFile("ratings.dat", None), required=False)
     if ratings is not None:
+        complete(ratings, RATINGS_DAT, "::")
         interactions = read_ratings_dat(ratings.read_bytes() if ratings.suffix != ".gz" else _gunzip(ratings))
     else:
-        reconstructed = find_local(RawFile("ratings_reconstructed.csv", None), files.local_dir)
+        reconstructed = files.get(RawFile("ratings_reconstructed.csv", None), required=False)
         if reconstructed is None:
             raise SemrecError(
                 f"no MovieLens 1M ratings in data.local_dir ({files.local_dir})",
@@ -77,6 +83,12 @@ def _load_1m_extracted(files: RawFiles) -> SourceData:
         interactions = read_reconstructed(reconstructed)
         name += " (reconstructed ratings)"
     return SourceData(name, read_movies_dat(movies), interactions, unknown_items="drop", notes=_null_note(interactions))
+
+
+def complete(path: Path, layout: str, separator: str) -> Path:
+    """`path`, after refusing a last line cut short: a plain file copied into data.local_dir in part."""
+    check_last_line(path, separator=separator, fields=len(layout.split(separator)), layout=layout)
+    return path
 
 
 def unpacked(files: RawFiles, variant: str, names: tuple[str, ...]) -> list[Path]:
@@ -112,7 +124,7 @@ def read_ratings_dat(raw: bytes) -> pl.DataFrame:
 
 
 def read_reconstructed(path: Path) -> pl.DataFrame:
-    frame = pl.read_csv(path, schema_overrides={"Timestamp": pl.Int64})
+    frame = pl.read_csv(complete(path, RECONSTRUCTED_CSV, ","), schema_overrides={"Timestamp": pl.Int64})
     missing = {"UserID", "MovieID", "Rating", "Timestamp"} - set(frame.columns)
     if missing:
         raise SemrecError(f"{path.name}: missing columns {', '.join(sorted(missing))}", "expected UserID,MovieID,Rating,Timestamp")
@@ -131,7 +143,7 @@ def _null_note(interactions: pl.DataFrame) -> dict:
 
 def read_movies_dat(path: Path) -> pl.DataFrame:
     """movies.dat, plain or gzipped (it is ISO-8859-1)."""
-    with open_text(path, encoding="latin-1") as f:
+    with open_text(complete(path, MOVIES_DAT, "::"), encoding="latin-1") as f:
         return parse_movies_dat(f.read(), path.name)
 
 
@@ -184,7 +196,7 @@ def load_32m(files: RawFiles) -> SourceData:
 
 
 def scan_ratings_csv(path: Path) -> pl.LazyFrame:
-    header = pl.read_csv(path, n_rows=0).columns
+    header = pl.read_csv(complete(path, RATINGS_CSV, ","), n_rows=0).columns
     missing = {"userId", "movieId", "rating", "timestamp"} - set(header)
     if missing:
         raise SemrecError(f"{path.name}: missing columns {', '.join(sorted(missing))}", "expected userId,movieId,rating,timestamp")
@@ -196,7 +208,7 @@ def scan_ratings_csv(path: Path) -> pl.LazyFrame:
 
 
 def read_movies_csv(path: Path) -> pl.DataFrame:
-    frame = pl.read_csv(path, infer_schema=False)
+    frame = pl.read_csv(complete(path, MOVIES_CSV, ","), infer_schema=False)
     missing = {"movieId", "title", "genres"} - set(frame.columns)
     if missing:
         raise SemrecError(f"{path.name}: missing columns {', '.join(sorted(missing))}", "expected movieId,title,genres")

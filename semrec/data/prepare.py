@@ -128,11 +128,16 @@ def check_items(source: SourceData) -> None:
 def positive_interactions(source: SourceData, positive_rating_min: float) -> pl.DataFrame:
     """`user_key`, `item_key`, `timestamp` of the rows whose rating (if the source has one) counts as positive."""
     inter = source.interactions.lazy()
-    if "rating" in inter.collect_schema() and positive_rating_min > 0:
+    filtered = "rating" in inter.collect_schema() and positive_rating_min > 0
+    if filtered:
         inter = inter.filter(pl.col("rating") >= positive_rating_min)
     inter = inter.select("user_key", "item_key", pl.col("timestamp").cast(pl.Int64)).collect()
+    if inter.height == 0 and filtered:
+        raise SemrecError(
+            f"{source.name}: no rating reaches data.positive_rating_min = {positive_rating_min:g}", "lower data.positive_rating_min"
+        )
     if inter.height == 0:
-        raise SemrecError(f"{source.name}: no interactions left", "lower data.positive_rating_min")
+        raise SemrecError(f"{source.name}: there are no interactions", "check that the interactions file holds rows")
     if inter["user_key"].null_count() or inter["item_key"].null_count():
         raise SemrecError(f"{source.name}: an interaction has no user or item id")
     return inter

@@ -81,7 +81,7 @@ def _ask_llm(
 
     tag = settings.tag
     jobs = _llm_jobs(items, names, settings)[:limit]
-    client = None if dry_run else ChatClient(tag.llm)
+    client = None if dry_run else ChatClient(tag.llm, reporter=reporter)
     vectors, encoder = None, None
     if tag.llm.candidates > 0:
         vectors, _ = load_vectors()
@@ -120,7 +120,8 @@ def run_tag(ws, run) -> dict:
         _take_llm_answers(outcome.answers, names, sources)
         figures["llm"] = outcome.figures()
         if outcome.failures:
-            ws.reporter.warn(_llm_failure_warning(outcome.failures, items, settings.llm, cache_path))
+            _check_failure_share(outcome, items, settings.llm)
+            ws.reporter.warn(_llm_failure_warning(outcome, items, settings.llm))
     figures["merged_rare"] = merge_rare(names, sources, settings.min_count)
     if settings.source == "metadata":
         figures["fallback_items"] = _fill_with_fillers(names, sources, settings.min_count, ws.reporter)
@@ -149,12 +150,34 @@ def _take_llm_answers(answers: dict[int, list[str]], names: Grid, sources: Grid)
                 names[item][level], sources[item][level] = name, "llm"
 
 
-def _llm_failure_warning(failures: dict[int, str], items: pl.DataFrame, llm: LLMSettings, cache_path: Path) -> str:
-    item, error = next(iter(failures.items()))
+def _first_failure(failures: dict, items: pl.DataFrame) -> str:
+    """The failure of the item that comes first in the table: its key, what was wrong, and what it answered."""
+    from semrec.tags.llm import excerpt
+
+    item = min(failures)
+    error = failures[item]
+    answer = excerpt(error.answer or "") or "(nothing)"
+    return f"{items['item_key'].cast(pl.Utf8)[item]}: {error}; it answered {answer}"
+
+
+def _check_failure_share(outcome, items: pl.DataFrame, llm: LLMSettings) -> None:
+    """Refuse tags that are mostly fallbacks: a model that rarely answers as asked is a failed run, not a warning."""
+    share = len(outcome.failures) / outcome.tried
+    if share > llm.max_failure_share:
+        raise StageFailed(
+            f"{len(outcome.failures)} of the {outcome.tried} items asked ({share:.0%}) got no valid answer from {llm.model} "
+            f"at {llm.base_url}, more than tag.llm.max_failure_share = {llm.max_failure_share:.0%}; the first was "
+            + _first_failure(outcome.failures, items),
+            "valid answers are kept and not asked again; try a stronger model or a server that takes a JSON schema "
+            "(response_format), or raise tag.llm.max_failure_share to give the rest fallback tags",
+        )
+
+
+def _llm_failure_warning(outcome, items: pl.DataFrame, llm: LLMSettings) -> str:
     return (
-        f"{len(failures)} items got no valid answer from {llm.model} at {llm.base_url} "
-        f"(e.g. {items['item_key'].cast(pl.Utf8)[item]}: {error}); they get fallback tags. A stronger model or a clearer "
-        f"prompt may help; to ask again, remove their lines from {cache_path}"
+        f"{len(outcome.failures)} of the {outcome.tried} items asked got no valid answer from {llm.model} at {llm.base_url} "
+        f"(e.g. {_first_failure(outcome.failures, items)}); they get fallback tags. "
+        "`semrec tag --force` asks them again (the valid answers come from the cache)"
     )
 
 
@@ -162,9 +185,10 @@ def _fill_with_fillers(names: Grid, sources: Grid, min_count: int, reporter: Rep
     """tag.source = metadata: the levels still open get filler tags; says how many items that touched."""
     filled = fill_gaps(names, sources)
     if filled:
+        example = next(name for row, src in zip(names, sources) for name, s in zip(row, src) if s == "fallback")
         reporter.warn(
             f"{filled} items have no metadata tag at some level (a short or empty category path, or a tag rarer than "
-            f"tag.min_count = {min_count}); those levels got filler tags like 'Makeup (general)'"
+            f"tag.min_count = {min_count}); those levels got filler tags like {example!r}"
         )
     return filled
 
@@ -277,6 +301,8 @@ def tag_sample(ws, limit: int | None, dry_run: bool) -> dict:
         items, names, settings=ws.settings, cache_path=ws.path(LLM_CACHE), reporter=ws.reporter,
         load_vectors=partial(load_embeddings, ws), limit=limit, dry_run=dry_run,
     )
+    if outcome.failures:
+        _check_failure_share(outcome, items, settings.llm)
     keys = items["item_key"].cast(pl.Utf8).to_list()
     result = {"items": len(outcome.answers) + len(outcome.failures) + len(outcome.prompts), **outcome.figures()}
     if dry_run:
@@ -284,7 +310,7 @@ def tag_sample(ws, limit: int | None, dry_run: bool) -> dict:
         if outcome.prompts:
             result["system_prompt"] = outcome.prompts[0]["messages"][0]["content"]
     result["tags"] = {keys[i]: SEPARATOR.join(path) for i, path in outcome.answers.items()}
-    result["failures"] = {keys[i]: error for i, error in outcome.failures.items()}
+    result["failures"] = {keys[i]: str(error) for i, error in outcome.failures.items()}
     if result["items"] == 0:
         result["note"] = "every item has a tag at every level from its metadata: there is nothing to ask"
     return result

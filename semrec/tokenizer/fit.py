@@ -63,11 +63,32 @@ def _check_inputs(ws, embeddings: torch.Tensor, tags) -> None:
             f"{ws.path('embeddings.safetensors')} contains NaN or infinite values",
             "run `semrec embed --force` to embed the items again",
         )
-    if "tag" in TOKENIZERS[settings.kind].needs and tags is None:
+    if "tag" in TOKENIZERS[settings.kind].needs:
+        _check_tags(ws, tags)
+
+
+def _check_tags(ws, tags: list[list[str]] | None) -> None:
+    """A kind that learns from tags refuses tags that are one and the same on every item at every level
+    (custom data without categories, tag.source = "metadata": all "Uncategorized"): they teach nothing."""
+    kind = ws.settings.tokenizer.kind
+    if tags is None:
         raise SemrecError(
-            f"tokenizer.kind = \"{settings.kind}\" needs item tags, but {ws.path(TAGS)} does not exist",
+            f"tokenizer.kind = \"{kind}\" needs item tags, but {ws.path(TAGS)} does not exist",
             "run `semrec tag` first (or `semrec fit-tokenizer`, which runs it as an upstream stage)",
         )
+    if any(len(set(level)) > 1 for level in tags):
+        return
+    categories = (
+        "set data.custom.category_column to a column of category paths"
+        if ws.settings.data.dataset == "custom"
+        else "use data with category paths"
+    )
+    raise SemrecError(
+        f"tokenizer.kind = \"{kind}\" learns from item tags, but every item in {ws.path(TAGS)} has the same tag at "
+        f"every level ({tags[0][0]!r} at level 1, tag.source = \"{ws.settings.tag.source}\"): they carry nothing to learn",
+        f"{categories}, or let an LLM write tags (tag.source = \"llm\" with tag.llm.base_url and tag.llm.model), "
+        "or use tokenizer.kind = \"rqvae\", which needs no tags",
+    )
 
 
 # -- fitting ------------------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""`semrec fit-baseline`: train SASRec in the shared loop; and load the trained one for `semrec eval`.
+
+Writes baselines/sasrec/model.safetensors (weights, with the model config in its metadata) and
+baselines/sasrec/metrics.json (the validation curve, the best step, training time and throughput).
+It reads the same splits as the retriever, with its own history length, and selects its weights
+on the validation targets only.
+"""
+
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+
+from semrec.artifacts import INTERACTIONS, ITEMS, SASREC, SPLITS
+from semrec.baselines.sasrec import SASRec, SASRecConfig, rank_items
+from semrec.device import resolve_device
+from semrec.errors import SemrecError
+from semrec.io import atomic_path, atomic_write_json
+from semrec.metrics import ranking_metrics
+from semrec.retriever.data import Sequences, read_sequences
+from semrec.train import TrainConfig, epoch_indices, train
+
+VALID_K = 10
+MODEL_FILE = "model.safetensors"
+
+
+def _item_count(sequences: Sequences, ws) -> int:
+    """Items in the catalogue: the items table's rows (the ids are 0..N-1), at least every id the splits use."""
+    import polars as pl
+
+    items = ws.path(ITEMS)
+    known = pl.scan_parquet(items).select(pl.len()).collect().item() if items.exists() else 0
+    largest = int(torch.cat([sequences.flat, sequences.valid, sequences.test]).max()) + 1
+    return max(known, largest)
+
+
+@dataclass
+class StepBatch:
+    pieces: list[tuple[torch.Tensor, torch.Tensor]]  # (items (b, n) left-padded with -1, is-target (b, n) bool)
+    negatives: torch.Tensor | None  # (K,) sampled softmax only
+
+
+class SASRecTask:
+    """SASRec for semrec.train: windows of item ids, cross-entropy at every target, validation NDCG@10.
+
+    On a CPU a step's windows are sorted by length and cut into `pieces`, each padded only to its
+    own longest window: the same windows with far less padding (most users are short).
+    """
+
+    def __init__(self, model: SASRec, sequences: Sequences, device: torch.device, batch_size: int, seed: int,
+                 valid_users: int, pieces: int = 4):
+        if len(sequences) == 0:
+            raise SemrecError("no training examples: every user has a single training item",
+                              "use data with longer user histories (data.min_interactions >= 4)")
+        self.model, self.sequences, self.device = model, sequences, device
+        self.batch_size, self.seed, self.pieces = batch_size, seed, pieces
+        rows = torch.arange(sequences.n_users)
+        if 0 < valid_users < sequences.n_users:
+            rows = torch.randperm(sequences.n_users, generator=torch.Generator().manual_seed(seed))[:valid_users].sort().values
+        histories, targets = sequences.split_items("valid")
+        self.valid_histories, self.valid_targets = histories[rows], targets[rows]
+        counts = torch.bincount(sequences.flat, minlength=model.cfg.n_items).double() + 1.0
+        self.popularity = counts / counts.sum()  # where sampled negatives come from (+1: every item can be drawn)
+        self.log_q = self.popularity.log().float().to(device)
+        self.targets_seen = 0
+        self.valid_seconds = 0.0
+
+    def batch(self, step: int) -> StepBatch:
+        index = epoch_indices(len(self.sequences), self.batch_size, step, self.seed, drop_last=False)
+        self.targets_seen += self.sequences.targets_in(index)
+        index = index[torch.argsort(self.sequences.window_lengths(index), stable=True)]
+        pieces = []
+        for part in index.chunk(self.pieces):
+            items, targets, _ = self.sequences.training_items(part)
+            pieces.append((items.to(self.device), targets.to(self.device)))
+        negatives = None
+        if self.model.cfg.loss == "sampled":
+            draw = torch.Generator().manual_seed(self.seed * 7919 + step)
+            negatives = torch.multinomial(self.popularity, self.model.cfg.negatives, replacement=True,
+                                          generator=draw).to(self.device)
+        return StepBatch(pieces, negatives)
+
+    def loss(self, batch: StepBatch):
+        """Each position's state predicts the item after it, where that item is a target; the mean over
+        every target of the step."""
+        total, count = 0.0, 0
+        for items, targets in batch.pieces:
+            states = self.model.hidden(items[:, :-1])  # (b, n-1, d)
+            predicted = targets[:, 1:]
+            n = int(predicted.sum())
+            total = total + n * self.model.loss(states[predicted], items[:, 1:][predicted], batch.negatives, self.log_q)
+            count += n
+        return total / count, {}
+
+    def validate(self) -> dict[str, float]:
+        started = time.perf_counter()
+        ranked = rank_items(self.model, self.valid_histories, VALID_K)
+        metrics = ranking_metrics(ranked, self.valid_targets, [VALID_K])
+        self.valid_seconds += time.perf_counter() - started
+        return {"score": metrics[f"ndcg@{VALID_K}"], **metrics}
+
+
+def _config(ws, n_items: int) -> SASRecConfig:
+    s = ws.settings.baselines.sasrec
+    return SASRecConfig(n_items=n_items, max_seq_len=s.max_seq_len, d_model=s.d_model, layers=s.layers, heads=s.heads,
+                        ff_dim=s.ff_dim, dropout=s.dropout, loss=s.loss, negatives=s.negatives)
+
+
+def read_baseline_sequences(ws, max_seq_len: int) -> Sequences:
+    return read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), 0, max_seq_len, "causal")
+
+
+def run_fit_baseline(ws, run) -> dict:
+    """Train SASRec within baselines.sasrec.train (steps, and max_minutes as a time bound)."""
+    s = ws.settings.baselines.sasrec
+    seed = ws.settings.project.seed
+    device = resolve_device(s.device)
+    torch.manual_seed(seed)
+    sequences = read_baseline_sequences(ws, s.max_seq_len)
+    config = _config(ws, _item_count(sequences, ws))
+    if config.d_model % config.heads:
+        raise SemrecError(f"baselines.sasrec.d_model = {config.d_model} is not divisible by heads = {config.heads}",
+                          "choose heads that divide d_model, e.g. 1 or 2")
+    model = SASRec(config).to(device)
+    task = SASRecTask(model, sequences, device, s.train.batch_size, seed, s.valid_users,
+                      pieces=1 if device.type == "cuda" else 4)
+    ws.reporter.info(f"sasrec: {model.num_params():,} parameters, {config.loss} softmax over {config.n_items:,} items: "
+                     f"{sequences.n_targets:,} targets in {len(sequences):,} windows, on {device}")
+    folder = ws.path(SASREC)
+    started = time.perf_counter()
+    result = train(
+        task,
+        TrainConfig.from_settings(s.train, eval_every=s.eval_every, patience=s.patience, seed=seed, device=str(device),
+                                  description="fit-baseline sasrec"),
+        folder / "checkpoints", run.fingerprint, ws.reporter,
+        resume=run.options.get("resume", True) and not run.fresh,
+    )
+    seconds = time.perf_counter() - started
+    best = result.best or {}
+    _save(model, folder / MODEL_FILE, {"steps": result.steps, "best_step": best.get("step")})
+    figures = {
+        "model": "sasrec",
+        "params": model.num_params(),
+        "steps": result.steps,
+        "best_step": best.get("step"),
+        "stopped_early": result.stopped_early,
+        f"valid_recall@{VALID_K}": best.get(f"recall@{VALID_K}"),
+        f"valid_ndcg@{VALID_K}": best.get(f"ndcg@{VALID_K}"),
+        "seconds": round(seconds, 1),
+        "targets_per_s": round(task.targets_seen / max(seconds - task.valid_seconds, 1e-9)),
+    }
+    atomic_write_json(folder / "metrics.json", {**figures, "history": result.history, "best": result.best,
+                                               "validation_seconds": round(task.valid_seconds, 1)})
+    return figures
+
+
+def _save(model: SASRec, path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    meta = {"config": json.dumps(model.cfg.to_dict()), **{k: json.dumps(v) for k, v in metadata.items()}}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_sasrec(ws, device: torch.device) -> tuple[SASRec, dict]:
+    """The trained SASRec of this workspace and its file's metadata (steps, best step)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = ws.path(SASREC) / MODEL_FILE
+    if not path.exists():
+        raise SemrecError(f"no trained SASRec in {path.parent}", "run `semrec fit-baseline`")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        model = SASRec(SASRecConfig(**json.loads(meta["config"]))).to(device)
+        model.load_state_dict(tensors)
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise SemrecError(f"cannot read the SASRec baseline {path}: {e}", "run `semrec fit-baseline --force`") from e
+    model.eval()
+    return model, {k: json.loads(v) for k, v in meta.items() if k != "config"}
