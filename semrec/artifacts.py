@@ -14,6 +14,7 @@ SEMANTIC_IDS = "semantic_ids.parquet"
 RETRIEVER = "retriever"
 SASREC = "baselines/sasrec"
 EVAL_METRICS = "eval/metrics.json"
+REPORT = "report/index.html"
 MANIFEST = "manifest.json"
 
 

@@ -7,6 +7,7 @@ A `SemrecError` becomes one coloured line and exit code 2 (bad input) or 1 (fail
 import contextlib
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,7 +17,7 @@ import typer
 app = typer.Typer(
     name="semrec",
     help="Generative recommendation with semantic IDs: download -> embed -> tag -> fit-tokenizer -> "
-    "tokenize -> fit-retriever -> eval / recommend.",
+    "tokenize -> fit-retriever -> eval / recommend / report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -57,6 +58,8 @@ def command(name: str | None = None):
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
+            from rich.markup import escape
+
             from semrec.errors import SemrecError
 
             debug = _global_options["debug"]
@@ -67,9 +70,14 @@ def command(name: str | None = None):
             except SemrecError as e:
                 if debug:
                     _console().print_exception()
-                _console().print(f"[bold red]error:[/] {e.message}", markup=True, soft_wrap=True)
+                if _rank() != 0 and type(e).__name__ == "SameOnEveryRank":
+                    # rank 0 says it and exits with its code; the others leave quietly, so that torchrun
+                    # (which stops every rank once one fails) does not stop rank 0 before it has said it
+                    raise typer.Exit(0)
+                _console().print(f"[bold red]{_rank_label()}error:[/] {escape(e.message)}", markup=True,
+                                 soft_wrap=True)
                 if e.hint:
-                    _console().print(f"[yellow]hint:[/] {e.hint}", soft_wrap=True)
+                    _console().print(f"[yellow]hint:[/] {escape(e.hint)}", soft_wrap=True)
                 raise typer.Exit(e.exit_code)
             except KeyboardInterrupt:
                 _console().print("[red]interrupted[/]: finished artifacts are kept; run the command again to resume")
@@ -79,7 +87,8 @@ def command(name: str | None = None):
             except Exception as e:
                 if debug:
                     raise
-                _console().print(f"[bold red]internal error:[/] {type(e).__name__}: {e}", soft_wrap=True)
+                _console().print(f"[bold red]{_rank_label()}internal error:[/] {type(e).__name__}: {escape(str(e))}",
+                                 soft_wrap=True)
                 _console().print("[yellow]hint:[/] rerun with --debug for the traceback, and report it")
                 raise typer.Exit(1)
 
@@ -88,25 +97,79 @@ def command(name: str | None = None):
     return wrap
 
 
+def _world_size() -> int:
+    """How many processes torchrun started for this command (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 without), read from torchrun's variables: it holds after the
+    process group is gone, when an error is printed."""
+    return int(os.environ.get("RANK", "0")) if _world_size() > 1 else 0
+
+
+def _rank_label() -> str:
+    return f"rank {_rank()}: " if _world_size() > 1 else ""
+
+
+def _join_ranks(project) -> None:
+    """Join the other ranks (refusing a rank that read other settings) until the command ends."""
+    import dataclasses
+
+    from semrec import distributed
+    from semrec.workspace import digest_json
+
+    _global_options["held"].callback(distributed.stop)
+    distributed.start(digest_json(dataclasses.asdict(project.settings)))
+
+
 def _workspace(writes: bool = True):
-    """The project's workspace; a command that may write in it holds its lock until the command ends."""
+    """The project's workspace; a command that may write in it holds its lock until the command ends.
+
+    Under torchrun the ranks join here; rank 0 alone reports, holds the lock and writes.
+    """
     from semrec.project import load_project
+    from semrec.report import Reporter
     from semrec.rich_report import RichReporter
     from semrec.workspace import Workspace
 
     explicit = _global_options["project"]
     project = load_project(explicit=explicit)
-    reporter = RichReporter(_console())
+    if _world_size() > 1:
+        _join_ranks(project)
+    reporter = RichReporter(_console()) if _rank() == 0 else Reporter()
     for notice in project.notices:
         reporter.warn(notice)
     ws = Workspace(project, reporter)
     if writes:
-        command_line = f"semrec {_global_options['command']}"
-        _global_options["held"].enter_context(ws.lock(command_line, wait=_global_options["wait"]))
+        _hold_lock(ws)
     return ws
 
 
+def _hold_lock(ws) -> None:
+    """Hold the workspace's lock until the command ends; under torchrun rank 0 holds it for all ranks,
+    and the others learn whether it could (if not, rank 0 says why and they stop quietly)."""
+    from semrec.errors import SemrecError
+
+    refused = None
+    if _rank() == 0:
+        command_line = f"semrec {_global_options['command']}"
+        try:
+            _global_options["held"].enter_context(ws.lock(command_line, wait=_global_options["wait"]))
+        except SemrecError as e:
+            refused = e
+    if _world_size() > 1:
+        from semrec import distributed
+
+        if distributed.any_rank(refused is not None) and refused is None:
+            raise distributed.SameOnEveryRank("rank 0 could not take the workspace lock")
+    if refused is not None:
+        raise refused
+
+
 def _emit(result, as_json: bool, render=None) -> None:
+    if _rank() != 0:  # rank 0 prints the result of all
+        return
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     elif render is not None:
@@ -135,9 +198,12 @@ def status(as_json: JsonOption = False):
     """Each stage: done / stale / missing, when it ran, its artifact sizes and key figures."""
     from semrec.rich_report import print_status
 
+    from semrec.html_report.summary import key_figures
+
     ws = _workspace(writes=False)
     rows = ws.status()
-    _emit({"project": str(ws.project.path), "stages": rows}, as_json, lambda r: print_status(_console(False), r))
+    result = {"project": str(ws.project.path), "stages": rows, "key_figures": key_figures(ws, rows)}
+    _emit(result, as_json, lambda r: print_status(_console(False), r))
 
 
 @command()
@@ -303,6 +369,22 @@ def recommend(
         keys = [key.strip() for key in history.split(",") if key.strip()]
         result = recommender.for_history(keys, k=k, exclude_seen=exclude_seen)
     _emit(result, as_json, lambda r: print_recommendations(_console(False), r))
+
+
+@command()
+def report(
+    open_page: Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")] = False,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+):
+    """Write report/index.html: the pipeline in pictures, one offline page, for the stages that have run."""
+    from semrec.html_report.stage import open_report
+
+    ws = _workspace()
+    result = ws.ensure("report", force=force)
+    _emit(result, as_json)
+    if open_page:
+        open_report(Path(result["path"]))
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """`semrec eval`: rank every user of the chosen split against the full catalogue, beside the baselines.
 
-The test targets are read here and nowhere else.
+The test targets are read here and nowhere else. Under torchrun the users are sharded across the
+ranks and their rankings merged (semrec.distributed): the same figures as one process; rank 0 writes.
 """
 
 import time
@@ -8,9 +9,9 @@ import time
 import torch
 
 from semrec.artifacts import EVAL_METRICS, INTERACTIONS, SPLITS
-from semrec.baselines.fit import load_sasrec, read_baseline_sequences
+from semrec import distributed
+from semrec.baselines.fit import load_sasrec, rank_histories, read_baseline_sequences
 from semrec.baselines.popularity import popularity_ranking
-from semrec.baselines.sasrec import rank_items
 from semrec.device import resolve_device
 from semrec.errors import SemrecError
 from semrec.io import atomic_write_json
@@ -47,7 +48,7 @@ def rank_baselines(ws, names: list[str], split: str, sequences, n_items: int, k:
             sequences = read_baseline_sequences(ws, model.cfg.max_seq_len)
             histories, _ = sequences.split_items(split)
             started = time.perf_counter()
-            ranked = rank_items(model, histories, k, batch_size=ws.settings.eval.batch_size * 4)
+            ranked = rank_histories(model, histories, k, batch_size=ws.settings.eval.batch_size * 4)
             seconds = time.perf_counter() - started
             rankings[name] = {"ranked": ranked, "info": {
                 "name": "sasrec", "params": model.num_params(), "loss": model.cfg.loss, **meta,
@@ -101,7 +102,8 @@ def run_eval(ws, run) -> dict:
         "seconds": round(seconds, 2),
         "users_per_s": round(len(targets) / max(seconds, 1e-9), 1),
     }
-    atomic_write_json(ws.path(EVAL_METRICS), result)
+    if distributed.is_main():
+        atomic_write_json(ws.path(EVAL_METRICS), result)
     best = result["vs_best_baseline"]
     if best is not None:
         ws.reporter.info(f"{best['by']} is {best['ratio'][best['by']]}x that of the best baseline ({best['baseline']})")

@@ -6,12 +6,17 @@ atomically. A stage's settings are the keys it reads (dotted paths into the sett
 means all of it); a key that starts with "-" is left out (where it runs, how often it saves).
 Only what a stage really reads is in its fingerprint: the tokenizer reads the sub-tables of its
 own kind, and decoding settings live in [eval], so changing how you decode never retrains.
+
+A stage may also *show* artifacts without needing them (`shows`): it reads them when they exist,
+never runs the stages that make them, and its fingerprint covers their content, present or absent.
+The report is such a stage: it draws what the user has, and the pictures follow what is on disk.
 """
 
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from semrec.artifacts import EMBEDDINGS, EVAL_METRICS, REPORT, RETRIEVER, SASREC, SEMANTIC_IDS, TAGS, TOKENIZER
 from semrec.registry import TOKENIZERS
 
 _HOW_LONG = ("train.checkpoint_every", "train.max_minutes")
@@ -25,6 +30,7 @@ class Stage:
     settings: Callable[[object], tuple[str, ...]]
     outputs: tuple[str, ...]
     upstream: Callable[[object], tuple[str, ...]]
+    shows: tuple[str, ...] = ()  # artifacts read where they exist, whose stages it never runs
 
 
 def _fixed(*names: str):
@@ -146,6 +152,14 @@ STAGES: dict[str, Stage] = {
             _fixed("eval", "-eval.batch_size"),
             ("eval/metrics.json",),
             _eval_upstream,
+        ),
+        Stage(
+            "report",
+            "semrec.html_report.stage:run_report",
+            _fixed("project.seed", "eval.beam_size", "tag.levels", "tag.drop_root"),
+            (REPORT,),
+            _fixed("download"),
+            shows=(EMBEDDINGS, TAGS, TOKENIZER, SEMANTIC_IDS, RETRIEVER, SASREC, EVAL_METRICS),
         ),
     ]
 }

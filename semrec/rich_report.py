@@ -2,7 +2,9 @@
 
 from contextlib import contextmanager
 
+from rich.bar import Bar
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -26,10 +28,10 @@ class RichReporter(Reporter):
         self.console = console
 
     def info(self, message: str) -> None:
-        self.console.print(f"[cyan]>[/] {message}", soft_wrap=True, highlight=False)
+        self.console.print(f"[cyan]>[/] {escape(message)}", soft_wrap=True, highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+        self.console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
     @contextmanager
     def progress(self, description: str, total: int | None = None):
@@ -85,6 +87,52 @@ def print_status(console: Console, result: dict) -> None:
         ran = f"{row['finished_at']}\n{row['seconds']} s" if row["finished_at"] else "-"
         table.add_row(row["stage"], state, ran, artifacts, figures)
     console.print(table)
+    if result.get("key_figures"):
+        print_key_figures(console, result["key_figures"])
+
+
+def _share(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def print_key_figures(console: Console, key: dict) -> None:
+    """The report's key figures in a few lines, and the evaluation's headline metric as bars."""
+    lines = []
+    if "data" in key:
+        lines.append("[bold]data[/]  " + " · ".join(f"{v:,} {k}" for k, v in key["data"].items()))
+    if "tokenizer" in key:
+        tok = key["tokenizer"]
+        parts = [tok.get("kind", "")]
+        if "collision_rate" in tok:
+            parts.append(f"collisions {100 * tok['collision_rate']:.1f}%")
+        for name in ("usage", "nmi"):
+            if name in tok:
+                parts.append(f"{name} " + "/".join(_share(v) if name == "usage" else f"{v:.2f}" for v in tok[name]))
+        if "perplexity" in tok:
+            parts.append("perplexity " + "/".join(f"{v:.0f}" for v in tok["perplexity"]))
+        lines.append("[bold]tokenizer[/]  " + " · ".join(p for p in parts if p))
+    if "retriever" in key:
+        ret = key["retriever"]
+        parts = [f"{k} {ret[k]:.4f}" for k in ("valid_ndcg@10", "valid_recall@10") if k in ret]
+        if "best_step" in ret:
+            parts.append(f"best step {ret['best_step']} of {ret.get('steps', '?')}")
+        lines.append("[bold]retriever[/]  " + " · ".join([ret.get("arch", ""), *parts]).strip(" ·"))
+    for line in lines:
+        console.print(line, highlight=False)
+    if "eval" in key:
+        ev = key["eval"]
+        table = Table(title=f"{ev['metric']} on the {ev['split']} split", title_justify="left", box=None)
+        table.add_column("model")
+        table.add_column(ev["metric"], justify="right")
+        table.add_column("")
+        top = max(ev["models"].values()) or 1.0
+        for name, value in ev["models"].items():
+            table.add_row(name, f"{value:.4f}", Bar(size=top, begin=0, end=value, width=30,
+                                                     color="green" if name == "retriever" else "blue"))
+        best = ev.get("vs_best_baseline")
+        if best and best.get("ratio") is not None:
+            table.add_row(f"retriever / {best['baseline']}", f"{best['ratio']:.2f}x", "", style="dim")
+        console.print(table)
 
 
 def print_eval(console: Console, result: dict) -> None:

@@ -319,6 +319,13 @@ AMAZON_RETRIEVER = {
 }
 """Retriever settings of the Amazon presets."""
 
+AMAZON_SASREC = {
+    # measured on Beauty (bench/RESULTS.md): 15 epochs in the 20 minutes of a busy 2-core CPU
+    "dropout": 0.3, "eval_every": 350,
+    "train": {"lr": 0.002, "max_minutes": 20.0},
+}
+"""SASRec settings of the Amazon presets."""
+
 PRESETS: dict[str, dict] = {
     "demo": {
         "data": {"dataset": "demo", "min_interactions": 0},
@@ -329,11 +336,17 @@ PRESETS: dict[str, dict] = {
             "encoder_layers": 2, "decoder_layers": 2, "heads": 4, "head_dim": 16, "ff_dim": 256, "valid_users": 500,
             "train": {"steps": 300, "warmup_steps": 50, "batch_size": 256, "lr": 3e-3, "checkpoint_every": 100},
         },
+        "baselines": {"sasrec": {"max_seq_len": 20, "dropout": 0.2, "eval_every": 100,
+                                 "train": {"steps": 600, "lr": 3e-3, "checkpoint_every": 100}}},
     },
-    "beauty": {"data": {"dataset": "amazon", "variant": "beauty", "source_format": "p5"}, "retriever": AMAZON_RETRIEVER},
-    "sports": {"data": {"dataset": "amazon", "variant": "sports"}, "retriever": AMAZON_RETRIEVER},
-    "toys": {"data": {"dataset": "amazon", "variant": "toys"}, "retriever": AMAZON_RETRIEVER},
-    "ml-1m": {"data": {"dataset": "movielens", "variant": "1m"}, "retriever": {"max_seq_len": 200}},
+    "beauty": {"data": {"dataset": "amazon", "variant": "beauty", "source_format": "p5"}, "retriever": AMAZON_RETRIEVER,
+               "baselines": {"sasrec": AMAZON_SASREC}},
+    "sports": {"data": {"dataset": "amazon", "variant": "sports"}, "retriever": AMAZON_RETRIEVER,
+               "baselines": {"sasrec": AMAZON_SASREC}},
+    "toys": {"data": {"dataset": "amazon", "variant": "toys"}, "retriever": AMAZON_RETRIEVER,
+             "baselines": {"sasrec": AMAZON_SASREC}},
+    "ml-1m": {"data": {"dataset": "movielens", "variant": "1m"}, "retriever": {"max_seq_len": 200},
+              "baselines": {"sasrec": {"max_seq_len": 200, "dropout": 0.2}}},
     "ml-32m": {"data": {"dataset": "movielens", "variant": "32m"}, "retriever": {"max_seq_len": 200}},
     "kuairand": {"data": {"dataset": "kuairand", "variant": "pure"}, "retriever": {"max_seq_len": 50}},
     "custom": {"data": {"dataset": "custom", "min_interactions": 0}},

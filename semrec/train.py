@@ -2,9 +2,15 @@
 early stopping, checkpoints and exact resume. Both the tokenizer and the retriever train through it.
 
 A task is any object with `model`, `batch(step)` and `loss(batch)`; optionally `validate()` (returns
-metrics with a "score", higher is better) and `after_step(step, batch)`. Because `batch(step)` is a
-pure function of the step (see `epoch_indices`) and the checkpoint carries the optimizer and RNG
-states, a resumed run continues exactly where the interrupted one stopped.
+metrics with a "score", higher is better), `after_step(step, batch)` and `count(batch)` (how many
+terms the loss of `batch` is the mean of). Because `batch(step)` is a pure function of the step (see
+`epoch_indices`) and the checkpoint carries the optimizer and RNG states, a resumed run continues
+exactly where the interrupted one stopped.
+
+Under torchrun the same loop runs in every rank (semrec.distributed): a task's `batch(step)` takes
+the rank's share of the global batch, the loss goes through DistributedDataParallel and becomes the
+mean over the global batch (weighted by `count`), validation is sharded by the task, and rank 0
+alone writes checkpoints. Each rank's dropout is seeded by the step, so resume stays exact there too.
 
 Checkpoints are safetensors files (no pickles): tensors for the weights, the optimizer state and
 the RNG, JSON metadata for the rest, and the fingerprint of the stage's settings and inputs; a
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from semrec import distributed
 from semrec.device import autocast as device_autocast
 from semrec.errors import StageFailed
 from semrec.io import atomic_path
@@ -183,6 +190,9 @@ class Trainer:
                          "seconds": 0.0}
         self.last_saved = 0
         self.running: dict[str, float] = {}
+        self.main = distributed.is_main()
+        self.parallel = distributed.data_parallel(task) if distributed.world_size() > 1 else None
+        self.count = getattr(task, "count", None)
 
     def restore(self, resume: bool) -> None:
         """Continue from the last checkpoint when it was made for the same fingerprint; else start over."""
@@ -192,7 +202,7 @@ class Trainer:
                 self.reporter.info(f"resuming {self.config.description} from its checkpoint at step {self.progress['step']}")
             else:
                 self.reporter.warn(f"{self.last_path} was made with other settings or inputs: starting from scratch")
-        elif not resume:
+        elif not resume and self.main:
             self.last_path.unlink(missing_ok=True)
             self.best_path.unlink(missing_ok=True)
         self.last_saved = self.progress["step"]
@@ -203,12 +213,14 @@ class Trainer:
         lr = learning_rate(step, config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.parallel is not None:
+            distributed.seed_step(config.seed, step)
         batch = self.task.batch(step)
         with self.autocast:
-            loss, parts = self.task.loss(batch)
+            objective, loss, parts = self.loss(batch)
         _finite_or_fail(loss, parts, step, self.last_saved)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         self.optimizer.step()
@@ -217,6 +229,14 @@ class Trainer:
                 self.after_step(step, batch)
         self.progress["step"] = step + 1
         return loss, {**parts, "lr": lr}
+
+    def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(what to backpropagate, the loss, its parts); across ranks, means over the global batch."""
+        if self.parallel is None:
+            loss, parts = self.task.loss(batch)
+            return loss, loss, parts
+        loss, parts = self.parallel(batch)
+        return distributed.global_mean(loss, parts, self.count(batch) if self.count is not None else 1)
 
     def log(self, loss: torch.Tensor, parts: dict, bar, log_every: int) -> None:
         """Add the step's figures to the running means; every log_every steps, record and show them."""
@@ -245,8 +265,9 @@ class Trainer:
         if best is None or metrics["score"] > best["score"]:
             progress["best"] = {"step": progress["step"], **metrics}
             progress["bad_validations"] = 0
-            with atomic_path(self.best_path) as tmp:
-                save_file(_state_tensors(self.model, ""), str(tmp))
+            if self.main:
+                with atomic_path(self.best_path) as tmp:
+                    save_file(_state_tensors(self.model, ""), str(tmp))
         else:
             progress["bad_validations"] += 1
         self.reporter.info(
@@ -265,22 +286,32 @@ class Trainer:
         with self.reporter.progress(config.description, total=config.steps) as bar:
             bar.advance(progress["step"])
             while progress["step"] < config.steps and not progress["stopped_early"] and not out_of_time:
-                loss, parts = self.step()
-                bar.advance()
-                self.log(loss, parts, bar, log_every)
-                progress["seconds"] = time.monotonic() - started
-                out_of_time = bool(config.max_seconds) and progress["seconds"] >= config.max_seconds
-                done = progress["step"] == config.steps or out_of_time
-                if self.validate_fn is not None and (
-                        (config.eval_every and progress["step"] % config.eval_every == 0) or done):
-                    self.validate()
-                if progress["step"] % config.checkpoint_every == 0 or done or progress["stopped_early"]:
-                    self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                    save_checkpoint(self.last_path, self.model, self.optimizer, self.fingerprint, progress)
-                    self.last_saved = progress["step"]
+                with distributed.peers_guard(progress["step"], self.last_saved):
+                    out_of_time = self.advance(bar, log_every, started)
         self.finish(out_of_time)
         return TrainResult(steps=progress["step"], history=progress["history"], best=progress["best"],
                            stopped_early=progress["stopped_early"])
+
+    def advance(self, bar, log_every: int, started: float) -> bool:
+        """One step, then validation and a checkpoint when they are due; whether the time is up."""
+        config, progress = self.config, self.progress
+        loss, parts = self.step()
+        bar.advance()
+        self.log(loss, parts, bar, log_every)
+        progress["seconds"] = time.monotonic() - started
+        out_of_time = bool(config.max_seconds) and progress["seconds"] >= config.max_seconds
+        if config.max_seconds:
+            out_of_time = distributed.any_rank(out_of_time)  # every rank stops at the same step
+        done = progress["step"] == config.steps or out_of_time
+        if self.validate_fn is not None and (
+                (config.eval_every and progress["step"] % config.eval_every == 0) or done):
+            self.validate()
+        if progress["step"] % config.checkpoint_every == 0 or done or progress["stopped_early"]:
+            if self.main:
+                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(self.last_path, self.model, self.optimizer, self.fingerprint, progress)
+            self.last_saved = progress["step"]
+        return out_of_time
 
     def finish(self, out_of_time: bool) -> None:
         """Say why training stopped, and leave the best validated weights in the model."""
@@ -292,7 +323,8 @@ class Trainer:
         if self.progress["stopped_early"]:
             self.reporter.info(f"stopped early at step {self.progress['step']}: no improvement in "
                                f"{self.config.patience} validations")
-        if self.validate_fn is not None and self.progress["best"] is not None and self.best_path.exists():
+        best_saved = self.progress["best"] is not None and self.best_path.exists()
+        if self.main and self.validate_fn is not None and best_saved:  # other ranks write nothing: they keep the last
             self.model.load_state_dict(load_file(str(self.best_path), device=str(self.device)))
 
 

@@ -6,8 +6,13 @@ upstream artifacts, *stale* when something it read has changed, *missing* when i
 was interrupted: a record is dropped before a stage starts and written only once it finished; a
 stage that fails before writing anything, not even a checkpoint, gets its record back, so the
 manifest is as it was; one that wrote a checkpoint stays missing, so that running it again resumes).
+A stage that `shows` artifacts it does not need (the report) also records their digests, and is
+stale once one of them changes, appears or goes.
 
 Commands that may write hold the workspace's lock (`Workspace.lock`), one at a time.
+
+Under torchrun every rank runs the command's stage, but rank 0 alone holds the lock and writes the
+manifest; the stages upstream must be done already (one rank cannot run them while the others wait).
 """
 
 import hashlib
@@ -132,7 +137,10 @@ class Workspace:
             raise SemrecError(f"{path} is corrupt: {e}", f"delete {path}; every stage will run again") from e
 
     def _save_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.path(MANIFEST), manifest)
+        from semrec import distributed  # here: it imports torch, which most commands do without
+
+        if distributed.is_main():
+            atomic_write_json(self.path(MANIFEST), manifest)
 
     def _set_record(self, name: str, record: dict | None) -> None:
         """Put `record` in the manifest as `name`'s (None drops it), writing only if that changes it."""
@@ -147,6 +155,10 @@ class Workspace:
 
     def settings_digest(self, stage: Stage) -> str:
         return digest_json(select_settings(self.settings, stage.settings(self.settings)))
+
+    def shown_digests(self, stage: Stage) -> dict[str, str | None]:
+        """The content digest of each artifact `stage` shows, None where it does not exist."""
+        return {a: digest_files([self.path(a)]) if self.path(a).exists() else None for a in stage.shows}
 
     def state(self, name: str, _manifest: dict | None = None) -> StageState:
         manifest = self.manifest() if _manifest is None else _manifest
@@ -171,6 +183,8 @@ class Workspace:
                 return StageState(name, "stale", f"upstream {up} is {up_state.state}", record)
             if record["inputs"][up] != up_state.record.get("output"):
                 return StageState(name, "stale", f"upstream {up} was rerun", record)
+        if record.get("shown", {}) != self.shown_digests(stage):
+            return StageState(name, "stale", "an artifact it shows changed", record)
         return StageState(name, "done", "up to date", record)
 
     def fingerprint(self, name: str) -> str:
@@ -193,22 +207,33 @@ class Workspace:
 
     def require(self, name: str) -> None:
         """Make `name` and everything upstream of it up to date, running only what is missing or stale."""
+        from semrec import distributed
+
         for stage in [*upstream_order(name, self.settings), name]:
             state = self.state(stage)
+            if state.state != "done" and distributed.world_size() > 1:
+                raise distributed.SameOnEveryRank(
+                    f"{stage} is {state.state} ({state.reason}): under torchrun only the command's own stage runs",
+                    f"run `semrec {stage}` in one process first, then the torchrun command again",
+                )
             if state.state != "done":
                 self.reporter.info(f"{stage}: {state.state} ({state.reason}); running it first")
                 self._run(stage, fresh=False, options={})
 
     def _run(self, name: str, fresh: bool, options: dict) -> dict:
+        from semrec import distributed
+
         stage = STAGES[name]
         run = StageRun(stage=name, fingerprint=self.fingerprint(name), fresh=fresh, options=options)
         outputs = [self.path(a) for a in stage.outputs]
-        previous, before = self.manifest().get(name), _stamps(outputs)
+        previous, before, shown = self.manifest().get(name), _stamps(outputs), self.shown_digests(stage)
         self._set_record(name, None)  # a command killed mid-stage leaves it missing
         module, func = stage.run.split(":")
         started = time.time()
         try:
             figures = getattr(importlib.import_module(module), func)(self, run) or {}
+            if not distributed.is_main():  # rank 0 writes the outputs and their record
+                return figures
         except BaseException:
             if _stamps(outputs) == before:  # it wrote nothing: its previous outputs and record still hold
                 self._set_record(name, previous)
@@ -222,6 +247,7 @@ class Workspace:
             "inputs": {up: manifest[up]["output"] for up in stage.upstream(self.settings)},
             "output": digest_files([self.path(a) for a in stage.outputs]),
             "sizes": {a: _size(self.path(a)) for a in stage.outputs},
+            **({"shown": shown} if shown else {}),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.time() - started, 2),
             "figures": figures,

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semrec"
 LAYERS = {
     # 0: leaves that every layer may use
     "semrec": 0, "semrec.errors": 0, "semrec.report": 0, "semrec.settings": 0, "semrec.io": 0, "semrec.lock": 0,
-    "semrec.artifacts": 0, "semrec.registry": 0, "semrec.device": 0, "semrec.metrics": 0,
+    "semrec.artifacts": 0, "semrec.registry": 0, "semrec.device": 0, "semrec.metrics": 0, "semrec.distributed": 0,
     # 1: the project file, the stage table, the trainer, k-means
     "semrec.project": 1, "semrec.pipeline": 1, "semrec.train": 1, "semrec.kmeans": 1,
     # 2: the stages' libraries: data, embeddings, tags, tokenizers, retriever, baselines
@@ -24,7 +24,7 @@ LAYERS = {
     # 3: the workspace and its make-like runner
     "semrec.workspace": 3,
     # 4: what a command does beyond one stage
-    "semrec.evaluate": 4, "semrec.recommend": 4, "semrec.rich_report": 4,
+    "semrec.evaluate": 4, "semrec.recommend": 4, "semrec.rich_report": 4, "semrec.html_report": 4,
     # 5: the command line
     "semrec.cli": 5, "semrec.__main__": 5,
 }

@@ -96,3 +96,11 @@ def test_cli_unwritable_folder_is_a_clear_error(tmp_path):
     blocker.write_text("")
     result = runner.invoke(app, ["init", "demo", str(blocker / "sub")])
     assert result.exit_code == 2 and "cannot" in result.output and "Traceback" not in result.output
+
+
+def test_messages_are_printed_verbatim_not_read_as_markup(make_workspace):
+    ws = make_workspace("demo")
+    ws.project.path.write_text(render_toml(ws.settings))
+    result = CliRunner().invoke(app, ["--project", str(ws.root), "eval", "--split", "[/x] [redacted]"])
+    assert result.exit_code == 2
+    assert "'[/x] [redacted]' is not a split" in result.stderr

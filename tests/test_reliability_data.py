@@ -235,3 +235,17 @@ def test_a_complete_last_line_without_a_newline_is_accepted(make_workspace):
     )
     ws.ensure("download")
     assert pl.read_parquet(ws.path(ITEMS))["title"].to_list() == ["Mug with a line break", "Plate"]
+
+
+def test_a_kuairand_log_cut_mid_line_in_local_dir_is_refused(make_workspace, tmp_path):
+    from test_data_sources import LOG_HEADER, log_row
+
+    local = tmp_path / "kuairand"
+    local.mkdir()
+    full = LOG_HEADER + log_row(7, 100, 1649390000123, 1) + log_row(8, 101, 1649390005000, 1)
+    (local / "log_standard_4_08_to_4_21_pure.csv").write_text(full)
+    (local / "log_standard_4_22_to_5_08_pure.csv").write_text(full[:-25])  # cut inside its last row
+    (local / "video_features_basic_pure.csv").write_text("video_id,author_id\n100,441\n101,442\n")
+    ws = make_workspace("kuairand", **{"data.min_interactions": 0, "data.local_dir": str(local)})
+    with pytest.raises(SemrecError, match=r"log_standard_4_22_to_5_08_pure.csv looks truncated: .* of the 19 fields"):
+        ws.ensure("download")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from semrec import distributed
 from semrec.artifacts import INTERACTIONS, ITEMS, SASREC, SPLITS
 from semrec.baselines.sasrec import SASRec, SASRecConfig, rank_items
 from semrec.device import resolve_device
@@ -67,7 +68,9 @@ class SASRecTask:
         self.valid_seconds = 0.0
 
     def batch(self, step: int) -> StepBatch:
+        """This rank's share of the step's windows (all of them in one process); the negatives of the whole step."""
         index = epoch_indices(len(self.sequences), self.batch_size, step, self.seed, drop_last=False)
+        index = index[distributed.share(len(index))]
         self.targets_seen += self.sequences.targets_in(index)
         index = index[torch.argsort(self.sequences.window_lengths(index), stable=True)]
         pieces = []
@@ -80,6 +83,10 @@ class SASRecTask:
             negatives = torch.multinomial(self.popularity, self.model.cfg.negatives, replacement=True,
                                           generator=draw).to(self.device)
         return StepBatch(pieces, negatives)
+
+    def count(self, batch: StepBatch) -> int:
+        """Targets the loss of `batch` is the mean of."""
+        return sum(int(targets[:, 1:].sum()) for _, targets in batch.pieces)
 
     def loss(self, batch: StepBatch):
         """Each position's state predicts the item after it, where that item is a target; the mean over
@@ -95,10 +102,19 @@ class SASRecTask:
 
     def validate(self) -> dict[str, float]:
         started = time.perf_counter()
-        ranked = rank_items(self.model, self.valid_histories, VALID_K)
+        ranked = rank_histories(self.model, self.valid_histories, VALID_K)
         metrics = ranking_metrics(ranked, self.valid_targets, [VALID_K])
         self.valid_seconds += time.perf_counter() - started
         return {"score": metrics[f"ndcg@{VALID_K}"], **metrics}
+
+
+def rank_histories(model: SASRec, histories: torch.Tensor, k: int, batch_size: int = 1024) -> torch.Tensor:
+    """`rank_items` with the batches dealt round-robin to the ranks and merged: the same ranking as one process."""
+    ranked = torch.zeros(len(histories), k, dtype=torch.long)  # 0 where another rank fills the row
+    for start in distributed.my_batches(len(histories), batch_size):
+        rows = slice(start, start + batch_size)
+        ranked[rows] = rank_items(model, histories[rows], k, batch_size)
+    return distributed.merge(ranked)
 
 
 def _config(ws, n_items: int) -> SASRecConfig:
@@ -115,6 +131,7 @@ def run_fit_baseline(ws, run) -> dict:
     """Train SASRec within baselines.sasrec.train (steps, and max_minutes as a time bound)."""
     s = ws.settings.baselines.sasrec
     seed = ws.settings.project.seed
+    distributed.check_batch_size(s.train.batch_size, "baselines.sasrec.train.batch_size")
     device = resolve_device(s.device)
     torch.manual_seed(seed)
     sequences = read_baseline_sequences(ws, s.max_seq_len)
@@ -137,6 +154,9 @@ def run_fit_baseline(ws, run) -> dict:
         resume=run.options.get("resume", True) and not run.fresh,
     )
     seconds = time.perf_counter() - started
+    targets = distributed.sum_over_ranks(task.targets_seen)
+    if not distributed.is_main():
+        return {}
     best = result.best or {}
     _save(model, folder / MODEL_FILE, {"steps": result.steps, "best_step": best.get("step")})
     figures = {
@@ -148,7 +168,7 @@ def run_fit_baseline(ws, run) -> dict:
         f"valid_recall@{VALID_K}": best.get(f"recall@{VALID_K}"),
         f"valid_ndcg@{VALID_K}": best.get(f"ndcg@{VALID_K}"),
         "seconds": round(seconds, 1),
-        "targets_per_s": round(task.targets_seen / max(seconds - task.valid_seconds, 1e-9)),
+        "targets_per_s": round(targets / max(seconds - task.valid_seconds, 1e-9)),
     }
     atomic_write_json(folder / "metrics.json", {**figures, "history": result.history, "best": result.best,
                                                "validation_seconds": round(task.valid_seconds, 1)})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from semrec.data.download import RawFile, RawFiles, extract_members
+from semrec.data.download import RawFile, RawFiles, check_last_line, extract_members
 from semrec.data.source import SourceData
 from semrec.errors import SemrecError
 from semrec.report import Reporter
@@ -68,15 +68,18 @@ def _local_csvs(folder: Path, names: tuple[str, ...]) -> list[Path] | None:
     return found
 
 
-def _check_columns(path: Path, needed: set[str]) -> None:
-    header = set(pl.read_csv(path, n_rows=0).columns)
-    missing = needed - header
+def _check_columns(path: Path, needed: set[str]) -> list[str]:
+    header = pl.read_csv(path, n_rows=0).columns
+    missing = needed - set(header)
     if missing:
         raise SemrecError(f"{path.name}: missing columns {', '.join(sorted(missing))}", "this is not a KuaiRand file")
+    return header
 
 
 def scan_log(path: Path) -> pl.LazyFrame:
-    _check_columns(path, {"user_id", "video_id", "time_ms", "is_click"})
+    header = _check_columns(path, {"user_id", "video_id", "time_ms", "is_click"})
+    # a log's fields are numbers and dates, never quoted: a cut last line is one with fewer of them
+    check_last_line(path, separator=",", fields=len(header), layout="its header")
     return (
         pl.scan_csv(path, schema_overrides={"user_id": pl.Int64, "video_id": pl.Int64, "time_ms": pl.Int64, "is_click": pl.Int64})
         .filter(pl.col("is_click") == 1)

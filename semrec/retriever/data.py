@@ -220,9 +220,13 @@ class Batches:
         self.sequences = sequences
         self.device, self.seed, self.pieces, self.trim = device, seed, pieces, trim
 
-    def training(self, index: Tensor, step: int) -> list[Batch]:
-        """The windows `index` as `pieces` batches; together they hold every window once."""
+    def training(self, index: Tensor, step: int, share: slice = slice(None)) -> list[Batch]:
+        """The windows index[share] as `pieces` batches; together they hold every window of the share once.
+
+        `index` is the step's whole batch: the user-token dropout is drawn for all of it, so that a
+        rank's share (semrec.distributed.share) gets the draws one process would give it."""
         drop = torch.rand(len(index), generator=torch.Generator().manual_seed(self.seed * 7919 + step)) < USER_DROPOUT
+        index, drop = index[share], drop[share]
         if self.pieces > 1:
             order = torch.argsort(self.sequences.window_lengths(index), stable=True)
             index, drop = index[order], drop[order]

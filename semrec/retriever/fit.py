@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from semrec import distributed
 from semrec.errors import SemrecError
 from semrec.metrics import ranking_metrics
 from semrec.retriever.beam import ItemTrie
@@ -48,10 +49,16 @@ class RetrieverTask:
         self.valid_seconds = 0.0
 
     def batch(self, step: int):
+        """This rank's share of the step's windows (all of them in one process), as pieces."""
         index = epoch_indices(len(self.batches.sequences), self.batch_size, step, self.seed, drop_last=False)
-        self.tokens_seen += self.batches.tokens(index)
-        self.targets_seen += self.batches.targets(index)
-        return self.batches.training(index, step)
+        share = distributed.share(len(index))
+        self.tokens_seen += self.batches.tokens(index[share])
+        self.targets_seen += self.batches.targets(index[share])
+        return self.batches.training(index, step, share)
+
+    def count(self, pieces) -> int:
+        """Target tokens in the pieces: what the loss is the mean of."""
+        return sum(int(piece.targets.sum()) for piece in pieces)
 
     def loss(self, pieces):
         """Mean cross-entropy over every target token of the step's pieces."""
@@ -59,18 +66,27 @@ class RetrieverTask:
         total = sum(self.model(piece).loss * count for piece, count in zip(pieces, counts))
         return total / sum(counts), {}
 
+    def validation_loss(self) -> float:
+        """Mean loss over the validation users; each rank computes every world_size-th batch of them."""
+        n, size = len(self.valid_rows), self.eval_batch_size
+        totals = torch.zeros(-(-n // size), dtype=torch.float64)  # one per batch, summed in order below
+        for start in distributed.my_batches(n, size):
+            part = slice(start, start + size)
+            batch = self.batches.evaluation(self.valid_histories[part], self.valid_rows[part], self.valid_targets[part])
+            totals[start // size] = float(self.model(batch).loss) * len(batch.items)
+        total = 0.0
+        for value in distributed.merge(totals).tolist():
+            total += value
+        return total / n
+
     def validate(self) -> dict[str, float]:
         started = time.perf_counter()
-        total = 0.0
-        for start in range(0, len(self.valid_rows), self.eval_batch_size):
-            part = slice(start, start + self.eval_batch_size)
-            batch = self.batches.evaluation(self.valid_histories[part], self.valid_rows[part], self.valid_targets[part])
-            total += float(self.model(batch).loss) * len(batch.items)
+        loss = self.validation_loss()
         ranked = rank_users(self.model, self.trie, self.batches, self.valid_histories, self.valid_rows, k=VALID_K,
                             beam_size=self.beam_size, batch_size=self.eval_batch_size)
         metrics = ranking_metrics(ranked, self.valid_targets, [VALID_K])
         self.valid_seconds += time.perf_counter() - started
-        return {"score": metrics[f"ndcg@{VALID_K}"], **metrics, "loss": total / len(self.valid_rows)}
+        return {"score": metrics[f"ndcg@{VALID_K}"], **metrics, "loss": loss}
 
 
 def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
@@ -100,6 +116,7 @@ def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
 def run_fit_retriever(ws, run) -> dict:
     """Train within retriever.train (steps, and max_minutes as a time bound); write retriever/."""
     s = ws.settings.retriever
+    distributed.check_batch_size(s.train.batch_size, "retriever.train.batch_size")
     device = resolve_device(s.device)
     task, ids = build_task(ws, device)
     model, config, sequences = task.model, task.model.cfg, task.batches.sequences
@@ -119,6 +136,9 @@ def run_fit_retriever(ws, run) -> dict:
     )
     seconds = time.perf_counter() - started
     train_seconds = max(seconds - task.valid_seconds, 1e-9)
+    tokens, targets = distributed.sum_over_ranks(task.tokens_seen), distributed.sum_over_ranks(task.targets_seen)
+    if not distributed.is_main():
+        return {}
     best = result.best or {}
     folder = ws.path(RETRIEVER)
     model.save(folder / "model.safetensors", {"steps": result.steps, "best_step": best.get("step")})
@@ -140,8 +160,8 @@ def run_fit_retriever(ws, run) -> dict:
         f"valid_recall@{VALID_K}": best.get(f"recall@{VALID_K}"),
         f"valid_ndcg@{VALID_K}": best.get(f"ndcg@{VALID_K}"),
         "seconds": round(seconds, 1),
-        "tokens_per_s": round(task.tokens_seen / train_seconds),
-        "targets_per_s": round(task.targets_seen / train_seconds),
+        "tokens_per_s": round(tokens / train_seconds),
+        "targets_per_s": round(targets / train_seconds),
     }
     atomic_write_json(folder / "metrics.json", {**figures, "history": result.history, "best": result.best,
                                                "validation_seconds": round(task.valid_seconds, 1)})

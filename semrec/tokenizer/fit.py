@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from semrec import distributed
 from semrec.artifacts import TAGS, TOKENIZER
 from semrec.errors import SemrecError
 from semrec.io import atomic_write_json
@@ -103,6 +104,7 @@ def fit_tokenizer(
     from semrec.device import resolve_device
 
     tok = settings.tokenizer
+    distributed.check_batch_size(tok.train.batch_size, "tokenizer.train.batch_size")
     config = {
         "kind": tok.kind,
         "levels": tok.levels,
@@ -194,7 +196,8 @@ def run_fit_tokenizer(ws, run) -> dict:
     def encode_tag_texts(texts: list[str]) -> torch.Tensor:
         encoder = CachedEncoder(ws.settings.embed, ws.reporter)
         vectors = encoder.encode(texts)
-        encoder.save()
+        if distributed.is_main():
+            encoder.save()
         return vectors
 
     started = time.perf_counter()
@@ -202,6 +205,8 @@ def run_fit_tokenizer(ws, run) -> dict:
         ws.settings, embeddings, tags, folder / "checkpoints", run.fingerprint, ws.reporter, resume, encode_tag_texts
     )
     fit_seconds = time.perf_counter() - started
+    if not distributed.is_main():  # rank 0 measures and writes
+        return {}
     tokenizer.config["embedding_model"] = metadata.get("model", ws.settings.embed.model)
     metrics = tokenizer_metrics(tokenizer, embeddings, tags)
     metrics.update(kind=tokenizer.config["kind"], steps=summary["steps"], fit_seconds=fit_seconds)

@@ -137,9 +137,24 @@ class TokenizerTask:
         self.batch_size, self.seed = batch_size, seed
 
     def batch(self, step: int) -> torch.Tensor:
+        """This rank's share of the step's items (all of them in one process)."""
+        from semrec.distributed import share
         from semrec.train import epoch_indices
 
-        return epoch_indices(self.embeddings.shape[0], self.batch_size, step, self.seed).to(self.embeddings.device)
+        index = epoch_indices(self.embeddings.shape[0], self.batch_size, step, self.seed)
+        return index[share(len(index))].to(self.embeddings.device)
+
+    def count(self, index: torch.Tensor) -> int:
+        """Items the loss of a batch is the mean of."""
+        return len(index)
+
+    def after_step(self, step: int, index: torch.Tensor) -> None:
+        """Under torchrun, every rank takes rank 0's codebooks: a dead code is re-seeded from each rank's
+        own share of the batch, so the ranks' codebooks would drift apart (nothing in one process)."""
+        from semrec.distributed import align_from_main
+
+        if any(level.dead_after for level in self.model.quantizer.levels):
+            align_from_main(level.codebook for level in self.model.quantizer.levels)
 
     def loss(self, index: torch.Tensor) -> tuple[torch.Tensor, dict]:
         out = self.model(self.embeddings[index])
