@@ -30,6 +30,12 @@ ResumeOption = Annotated[
 ]
 
 
+def _max_minutes_option(setting: str):
+    return Annotated[Optional[float], typer.Option(
+        "--max-minutes", help=f"Stop training after this many minutes, keeping the best checkpoint (0 = no limit; "
+        f"default: {setting}).")]
+
+
 _global_options: dict = {"project": None, "debug": False, "wait": False, "held": None, "command": None}
 
 
@@ -279,11 +285,7 @@ def tokenize(
 def fit_retriever(
     force: ForceOption = False,
     resume: ResumeOption = True,
-    max_minutes: Annotated[
-        Optional[float],
-        typer.Option("--max-minutes", help="Stop training after this many minutes, keeping the best checkpoint "
-                     "(0 = no limit; default: retriever.train.max_minutes)."),
-    ] = None,
+    max_minutes: _max_minutes_option("retriever.train.max_minutes") = None,
     as_json: JsonOption = False,
 ):
     """Train the generative retriever on the users' semantic-ID sequences."""
@@ -297,11 +299,7 @@ def fit_retriever(
 def fit_baseline(
     force: ForceOption = False,
     resume: ResumeOption = True,
-    max_minutes: Annotated[
-        Optional[float],
-        typer.Option("--max-minutes", help="Stop training after this many minutes, keeping the best checkpoint "
-                     "(0 = no limit; default: baselines.sasrec.train.max_minutes)."),
-    ] = None,
+    max_minutes: _max_minutes_option("baselines.sasrec.train.max_minutes") = None,
     as_json: JsonOption = False,
 ):
     """Train the SASRec baseline (item IDs, full cross-entropy) that `semrec eval` ranks beside the retriever."""

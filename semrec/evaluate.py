@@ -15,7 +15,7 @@ from semrec.baselines.popularity import popularity_ranking
 from semrec.device import resolve_device
 from semrec.errors import SemrecError
 from semrec.io import atomic_write_json
-from semrec.metrics import ranking_metrics
+from semrec.metrics import metrics_by_history_length, ranking_metrics
 from semrec.retriever.data import Batches, read_sequences
 from semrec.retriever.fit import load_trained
 from semrec.retriever.rank import rank_users
@@ -90,6 +90,9 @@ def run_eval(ws, run) -> dict:
     rankings = rank_baselines(ws, names, split, sequences, trained.n_items, max(ks))
     metrics = ranking_metrics(ranked, targets, ks)
     baselines = {name: ranking_metrics(r["ranked"], targets, ks) for name, r in rankings.items()}
+    lengths = sequences.lengths + (1 if split == "test" else 0)  # the whole history before the target
+    by_length = {name: metrics_by_history_length(r, targets, lengths, max(ks))
+                 for name, r in {"retriever": ranked, **{n: r["ranked"] for n, r in rankings.items()}}.items()}
     result = {
         "split": split,
         "users": sequences.n_users,
@@ -98,6 +101,7 @@ def run_eval(ws, run) -> dict:
         "baselines": baselines,
         "baseline_models": {name: r["info"] for name, r in rankings.items()},
         "vs_best_baseline": compare(metrics, baselines),
+        "by_history_length": by_length,
         "model": {**trained.summary(), "beam_size": settings.eval.beam_size},
         "seconds": round(seconds, 2),
         "users_per_s": round(len(targets) / max(seconds, 1e-9), 1),

@@ -28,3 +28,22 @@ def ranking_metrics(ranked: Tensor, targets: Tensor, ks: list[int]) -> dict[str,
     metrics = {f"recall@{k}": recall_at_k(ranked, targets, k) for k in ks}
     metrics.update({f"ndcg@{k}": ndcg_at_k(ranked, targets, k) for k in ks})
     return metrics
+
+
+HISTORY_EDGES = (5, 10, 20, 50, 100, 200)
+"""Upper bounds (exclusive) of the history-length buckets of `metrics_by_history_length`; the last is open."""
+
+
+def metrics_by_history_length(ranked: Tensor, targets: Tensor, lengths: Tensor, k: int) -> list[dict]:
+    """Recall@k and NDCG@k of the users in each history-length bucket that has users: [{"lengths", "users", ...}]."""
+    edges = [0, *HISTORY_EDGES, None]
+    buckets = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        rows = (lengths >= low) & (lengths < high) if high is not None else lengths >= low
+        if not bool(rows.any()):
+            continue
+        name = f"{low}-{high - 1}" if high is not None else f"{low}+"
+        buckets.append({"lengths": name, "users": int(rows.sum()),
+                        f"recall@{k}": recall_at_k(ranked[rows], targets[rows], k),
+                        f"ndcg@{k}": ndcg_at_k(ranked[rows], targets[rows], k)})
+    return buckets

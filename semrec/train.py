@@ -70,6 +70,12 @@ class TrainResult:
     best: dict | None = None
     stopped_early: bool = False
 
+    def figures(self, k: int) -> dict:
+        """How far training went and the best validation Recall/NDCG@k: what a trained stage reports."""
+        best = self.best or {}
+        return {"steps": self.steps, "best_step": best.get("step"), "stopped_early": self.stopped_early,
+                f"valid_recall@{k}": best.get(f"recall@{k}"), f"valid_ndcg@{k}": best.get(f"ndcg@{k}")}
+
 
 @lru_cache(maxsize=4)
 def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

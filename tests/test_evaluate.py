@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from semrec.cli import app
 from semrec.baselines.popularity import popularity_ranking
 from semrec.evaluate import run_eval
-from semrec.metrics import hit_ranks, ndcg_at_k, recall_at_k
+from semrec.metrics import hit_ranks, metrics_by_history_length, ndcg_at_k, recall_at_k
 from semrec.pipeline import STAGES
 from semrec.project import render_toml
 from semrec.retriever.fit import run_fit_retriever
@@ -94,6 +94,16 @@ def prepared_workspace(make_workspace, **overrides):
 
 
 # -- metrics -------------------------------------------------------------------------------------
+def test_metrics_by_history_length_split_users_into_buckets_that_have_users():
+    ranked = torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]])
+    targets = torch.tensor([1, 4, 9, 7])
+    lengths = torch.tensor([3, 4, 12, 250])
+    buckets = metrics_by_history_length(ranked, targets, lengths, k=2)
+    assert [(b["lengths"], b["users"]) for b in buckets] == [("0-4", 2), ("10-19", 1), ("200+", 1)]
+    assert buckets[0]["recall@2"] == 1.0 and buckets[0]["ndcg@2"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    assert buckets[1]["recall@2"] == 0.0 and buckets[2]["ndcg@2"] == 1.0
+
+
 def test_recall_and_ndcg_by_hand():
     ranked = torch.tensor([[5, 3, 9], [1, 2, 3], [7, 8, 9]])
     targets = torch.tensor([3, 4, 7])
@@ -168,10 +178,10 @@ def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch, mode):
     resumed = prepared_workspace(make_workspace, **settings)
     training = Batches.training
 
-    def interrupted(self, index, step):
+    def interrupted(self, index, step, *share):
         if step == 15:
             raise KeyboardInterrupt
-        return training(self, index, step)
+        return training(self, index, step, *share)
 
     monkeypatch.setattr(Batches, "training", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -201,6 +211,10 @@ def test_eval_json_has_the_documented_shape(fitted, split):
     keys = {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert set(report["metrics"]) == keys and set(report["baselines"]["popularity"]) == keys
     assert report["split"] == split and report["users"] == 400
+    by_length = report["by_history_length"]
+    assert list(by_length) == ["retriever", "popularity"]
+    assert sum(bucket["users"] for bucket in by_length["retriever"]) == 400
+    assert set(by_length["retriever"][0]) == {"lengths", "users", "recall@10", "ndcg@10"}
     assert {"name", "arch", "params", "tokenizer", "steps"} <= set(report["model"])
     assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
     assert json.loads(ws.path("eval/metrics.json").read_text()) == report

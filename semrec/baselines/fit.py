@@ -162,11 +162,7 @@ def run_fit_baseline(ws, run) -> dict:
     figures = {
         "model": "sasrec",
         "params": model.num_params(),
-        "steps": result.steps,
-        "best_step": best.get("step"),
-        "stopped_early": result.stopped_early,
-        f"valid_recall@{VALID_K}": best.get(f"recall@{VALID_K}"),
-        f"valid_ndcg@{VALID_K}": best.get(f"ndcg@{VALID_K}"),
+        **result.figures(VALID_K),
         "seconds": round(seconds, 1),
         "targets_per_s": round(targets / max(seconds - task.valid_seconds, 1e-9)),
     }

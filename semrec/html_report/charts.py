@@ -111,3 +111,14 @@ def metric_bars(evaluation: dict) -> go.Figure:
                              text=[f"{evaluation['rows'][n][metric]:.4f}" for n in names], textposition="outside"),
                       row=1, col=col)
     return _layout(fig, f"{evaluation['split']} split, full catalogue", height=400)
+
+
+def by_history_length(buckets: dict[str, list[dict]]) -> go.Figure:
+    """NDCG at the largest cut-off per history-length bucket, one bar per model."""
+    fig = go.Figure()
+    for colour, (name, rows) in enumerate(buckets.items()):
+        metric = next(key for key in rows[0] if key.startswith("ndcg@"))
+        fig.add_trace(go.Bar(x=[f"{r['lengths']} ({r['users']:,})" for r in rows], y=[r[metric] for r in rows],
+                             name=name, marker_color=PALETTE[colour % len(PALETTE)]))
+    return _layout(fig, f"{metric} by history length (users)", barmode="group", xaxis_title="items before the target",
+                   yaxis_title=metric)

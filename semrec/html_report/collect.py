@@ -230,7 +230,8 @@ def evaluation_section(ws) -> dict | None:
     best = result.get("vs_best_baseline") or compare(result["metrics"], baselines)
     rows = {result.get("model", {}).get("name", "retriever"): result["metrics"], **baselines}
     return {"split": result.get("split"), "users": result.get("users"), "metrics": list(result["metrics"]),
-            "rows": rows, "vs_best_baseline": best, "seconds": result.get("seconds")}
+            "rows": rows, "vs_best_baseline": best, "seconds": result.get("seconds"),
+            "by_history_length": result.get("by_history_length")}
 
 
 def users_section(ws, items: pl.DataFrame, interactions: pl.DataFrame, tagging: Tagging | None, seed: int) -> dict | None:

@@ -96,8 +96,11 @@ def _evaluation(ev: dict) -> Section:
         classes.append("ratio")
     intro = f"{ev['split']} split, {ev['users']:,} users, ranked against the full catalogue."
     facts = {f"vs best baseline ({best['baseline']}, {best['by']})": f"{best['ratio'][best['by']]}x"} if best else {}
+    shown = [Chart(charts.metric_bars(ev), wide=True)]
+    if ev.get("by_history_length"):
+        shown.append(Chart(charts.by_history_length(ev["by_history_length"]), wide=True))
     return Section("evaluation", "Evaluation", intro=intro, facts=facts, body=table(["model", *metrics], rows, row_classes=classes),
-                   charts=[Chart(charts.metric_bars(ev), wide=True)])
+                   charts=shown)
 
 
 def _item_list(rows: list[dict], with_id: bool) -> str:

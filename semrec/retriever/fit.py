@@ -154,11 +154,7 @@ def run_fit_retriever(ws, run) -> dict:
     figures = {
         "arch": config.arch,
         "params": model.num_params(),
-        "steps": result.steps,
-        "best_step": best.get("step"),
-        "stopped_early": result.stopped_early,
-        f"valid_recall@{VALID_K}": best.get(f"recall@{VALID_K}"),
-        f"valid_ndcg@{VALID_K}": best.get(f"ndcg@{VALID_K}"),
+        **result.figures(VALID_K),
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / train_seconds),
         "targets_per_s": round(targets / train_seconds),
