@@ -322,7 +322,7 @@ def evaluate(
     """Recall@K and NDCG@K of the retriever beside the baselines (popularity; SASRec once trained)."""
     from semrec.errors import SemrecError
     from semrec.rich_report import print_eval
-    from semrec.settings import BASELINES
+    from semrec.evaluate import check_baselines
 
     ws = _workspace()
     if split is not None:
@@ -331,10 +331,7 @@ def evaluate(
         ws.settings.eval.split = split
     if baselines is not None:
         names = [name.strip() for name in baselines.split(",") if name.strip()]
-        unknown = [name for name in names if name not in BASELINES]
-        if unknown:
-            raise SemrecError(f"--baselines names {', '.join(map(repr, unknown))}, which is not a baseline",
-                              f"choose among {', '.join(BASELINES)}, e.g. --baselines popularity,sasrec")
+        check_baselines(names, "--baselines")
         ws.settings.eval.baselines = names
     _emit(ws.ensure("eval", force=force), as_json, lambda r: print_eval(_console(False), r))
 

@@ -22,13 +22,18 @@ from semrec.retriever.rank import rank_users
 from semrec.settings import BASELINES
 
 
+def check_baselines(names: list[str], given_as: str) -> None:
+    """Refuse names that are not baselines; `given_as` says where they came from (a setting, an option)."""
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise SemrecError(f"{given_as} names {', '.join(map(repr, unknown))}, which is not a baseline",
+                          f"choose among {', '.join(BASELINES)}")
+
+
 def baseline_names(ws) -> list[str]:
     """The baselines to rank: those of eval.baselines, plus sasrec once `fit-baseline` is done."""
     names = list(dict.fromkeys(ws.settings.eval.baselines))
-    unknown = [name for name in names if name not in BASELINES]
-    if unknown:
-        raise SemrecError(f"eval.baselines names {', '.join(map(repr, unknown))}, which is not a baseline",
-                          f"choose among {', '.join(BASELINES)}")
+    check_baselines(names, "eval.baselines")
     if "sasrec" not in names and ws.state("fit-baseline").state == "done":
         names.append("sasrec")
     return names

@@ -51,16 +51,10 @@ class SASRecTask:
 
     def __init__(self, model: SASRec, sequences: Sequences, device: torch.device, batch_size: int, seed: int,
                  valid_users: int, pieces: int = 4):
-        if len(sequences) == 0:
-            raise SemrecError("no training examples: every user has a single training item",
-                              "use data with longer user histories (data.min_interactions >= 4)")
+        sequences.require_windows()
         self.model, self.sequences, self.device = model, sequences, device
         self.batch_size, self.seed, self.pieces = batch_size, seed, pieces
-        rows = torch.arange(sequences.n_users)
-        if 0 < valid_users < sequences.n_users:
-            rows = torch.randperm(sequences.n_users, generator=torch.Generator().manual_seed(seed))[:valid_users].sort().values
-        histories, targets = sequences.split_items("valid")
-        self.valid_histories, self.valid_targets = histories[rows], targets[rows]
+        _, self.valid_histories, self.valid_targets = sequences.validation_sample(valid_users, seed)
         counts = torch.bincount(sequences.flat, minlength=model.cfg.n_items).double() + 1.0
         self.popularity = counts / counts.sum()  # where sampled negatives come from (+1: every item can be drawn)
         self.log_q = self.popularity.log().float().to(device)

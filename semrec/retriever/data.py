@@ -165,6 +165,20 @@ class Sequences:
         items = torch.where(real, self.flat[window.clamp(min=0)], -1)
         return items, window >= self.first_target[index][:, None], self.window_user[index]
 
+    def require_windows(self) -> None:
+        """Refuse data with nothing to train on."""
+        if len(self) == 0:
+            raise SemrecError("no training examples: every user has a single training item",
+                              "use data with longer user histories (data.min_interactions >= 4)")
+
+    def validation_sample(self, users: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows, histories and targets of the validation users: a fixed seeded sample of `users` (0: all)."""
+        rows = torch.arange(self.n_users)
+        if 0 < users < self.n_users:
+            rows = torch.randperm(self.n_users, generator=torch.Generator().manual_seed(seed))[:users].sort().values
+        histories, targets = self.split_items("valid")
+        return rows, histories[rows], targets[rows]
+
     def split_items(self, split: str) -> tuple[Tensor, Tensor]:
         """Histories (U, S) and targets (U,) of every user for `split`: valid reads the training
         items; test reads the training items and the validation item."""

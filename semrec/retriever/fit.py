@@ -36,15 +36,8 @@ class RetrieverTask:
                  beam_size: int, valid_users: int, eval_batch_size: int):
         self.model, self.batches, self.trie = model, batches, trie
         self.batch_size, self.seed, self.beam_size, self.eval_batch_size = batch_size, seed, beam_size, eval_batch_size
-        sequences = batches.sequences
-        if len(sequences) == 0:
-            raise SemrecError("no training examples: every user has a single training item",
-                              "use data with longer user histories (data.min_interactions >= 4)")
-        rows = torch.arange(sequences.n_users)
-        if 0 < valid_users < sequences.n_users:
-            rows = torch.randperm(sequences.n_users, generator=torch.Generator().manual_seed(seed))[:valid_users].sort().values
-        histories, targets = sequences.split_items("valid")
-        self.valid_rows, self.valid_histories, self.valid_targets = rows, histories[rows], targets[rows]
+        batches.sequences.require_windows()
+        self.valid_rows, self.valid_histories, self.valid_targets = batches.sequences.validation_sample(valid_users, seed)
         self.tokens_seen = self.targets_seen = 0
         self.valid_seconds = 0.0
 
