@@ -25,6 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BEAUTY = REPO.parent / "shared" / "datasets" / "amazon-beauty-2014"
 ML32M_USERS, ML32M_MOVIES = 200_948, 87_585
+TITLE_WORDS = """night day love war city dark last first man woman girl boy story king queen dead life time house
+road star blood heart secret game world return rise fall summer winter lost island river fire ice
+dream ghost stranger family brother sister mother father street school party money power shadow
+angel devil moon sun sea storm wild little big great hidden broken golden silent red black white"""
 
 
 def generate_ml32m(folder: Path, rows: int, seed: int = 0) -> None:
@@ -53,9 +57,13 @@ def generate_ml32m(folder: Path, rows: int, seed: int = 0) -> None:
             })
             frame.write_csv(out, include_header=False)
     genres = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Drama", "Horror", "Romance", "Sci-Fi"]
+    # titles of 1-4 words, so that the stand-in's item texts (and embeddings) differ as real ones do
+    words = np.array(TITLE_WORDS.split())
+    title_words = [" ".join(words[rng.choice(len(words), size=rng.integers(1, 5), replace=False)])
+                   for _ in range(ML32M_MOVIES)]
     pl.DataFrame({
         "movieId": np.arange(1, ML32M_MOVIES + 1),
-        "title": [f"Movie {i} ({1920 + i % 100})" for i in range(1, ML32M_MOVIES + 1)],
+        "title": [f"{title.title()} ({1920 + i % 100})" for i, title in enumerate(title_words, start=1)],
         "genres": ["|".join(genres[j] for j in sorted({i % 10, (i * 7) % 10})) for i in range(1, ML32M_MOVIES + 1)],
     }).write_csv(folder / "movies.csv")
 

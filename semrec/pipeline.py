@@ -107,7 +107,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "embed",
             "semrec.embed:run_embed",
-            _fixed("embed", "-embed.batch_size", "-embed.device"),
+            _fixed("embed", "-embed.batch_size", "-embed.device", "-embed.devices"),
             ("embeddings.safetensors",),
             _fixed("download"),
         ),

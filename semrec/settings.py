@@ -92,6 +92,11 @@ class EmbedSettings:
     batch_size: int = setting(128, "Items encoded per batch.", min=1)
     normalize: bool = setting(True, "L2-normalise the embeddings.")
     device: str = setting("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
+    devices: list = setting(
+        [],
+        "Devices to encode on at once, one process each, e.g. [\"cuda:0\", \"cuda:1\"] ([] = every CUDA GPU when "
+        "device is auto or cuda and more than one is visible, else the one device).",
+    )
     half_precision: bool = setting(True, "Encode in float16 on a GPU (never on a CPU).")
 
 

@@ -5,7 +5,6 @@ ones included; the scatter is sampled in `collect` to keep that fast.
 """
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 HEIGHT = 360
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
@@ -47,11 +46,12 @@ def projection(emb: dict) -> go.Figure:
                    xaxis_title=f"PC1 ({pc1} of variance)", yaxis_title=f"PC2 ({pc2})")
 
 
-def tree(nodes: dict, title: str, colours: list[str] | None = None, labelled: bool = True) -> go.Figure:
-    """A sunburst of `nodes`; `colours` names a colour group per node. Unlabelled slices (hover shows
-    them) suit the semantic-ID tree: codes are no names, and text on hundreds of slices draws slowly."""
+def tree(nodes: dict, title: str, colours: list[str] | None = None, labelled: bool = True, depth: int = 2) -> go.Figure:
+    """A sunburst of `nodes` showing `depth` rings (a click on a slice opens the levels under it);
+    `colours` names a colour group per node. Unlabelled slices (hover shows them) suit the semantic-ID
+    tree: codes are no names, and text on hundreds of slices draws slowly."""
     trace = go.Sunburst(ids=nodes["ids"], labels=nodes["labels"], parents=nodes["parents"], values=nodes["values"],
-                        branchvalues="total", maxdepth=3, insidetextorientation="radial",
+                        branchvalues="total", maxdepth=depth, insidetextorientation="radial",
                         textinfo="label" if labelled else "none",
                         hovertemplate="%{label}<br>%{value} items<extra></extra>")
     if colours is not None:
@@ -103,14 +103,13 @@ def curves(series: dict[str, dict[str, dict]], title: str, names: list[str], axi
 
 
 def metric_bars(evaluation: dict) -> go.Figure:
-    fig = make_subplots(rows=1, cols=len(evaluation["metrics"]), subplot_titles=evaluation["metrics"])
-    for col, metric in enumerate(evaluation["metrics"], start=1):
-        names = list(evaluation["rows"])
-        fig.add_trace(go.Bar(x=names, y=[evaluation["rows"][n][metric] for n in names], showlegend=False,
-                             marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
-                             text=[f"{evaluation['rows'][n][metric]:.4f}" for n in names], textposition="outside"),
-                      row=1, col=col)
-    return _layout(fig, f"{evaluation['split']} split, full catalogue", height=400)
+    """One group of bars per metric, one bar per model (one plot: subplots draw several times slower)."""
+    fig = go.Figure()
+    for colour, (name, values) in enumerate(evaluation["rows"].items()):
+        fig.add_trace(go.Bar(x=evaluation["metrics"], y=[values[m] for m in evaluation["metrics"]], name=name,
+                             marker_color=PALETTE[colour % len(PALETTE)],
+                             text=[f"{values[m]:.4f}" for m in evaluation["metrics"]], textposition="outside"))
+    return _layout(fig, f"{evaluation['split']} split, full catalogue", height=400, barmode="group")
 
 
 def by_history_length(buckets: dict[str, list[dict]]) -> go.Figure:

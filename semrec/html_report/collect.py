@@ -19,7 +19,7 @@ from semrec.tags import SEPARATOR, join_path, tag_columns_in, tag_label
 from semrec.tags.metadata import category_levels
 from semrec.tags.table import read_tags
 
-SCATTER_POINTS = 3000
+SCATTER_POINTS = 1000
 CURVE_POINTS = 400
 TREE_NODES = 400
 TOP_TAGS = 12  # colours of the projection; every other first-level tag is drawn as "other"

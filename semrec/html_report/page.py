@@ -1,14 +1,47 @@
-"""The report as one HTML file that works offline: plotly.js inlined once in the head, every chart a
-plotly div beside its own small script, tables and styles inline. Nothing is fetched at view time.
+"""The report as one HTML file that works offline: plotly.js inlined once in the head, every chart an
+empty div beside its figure as JSON, tables and styles inline. Nothing is fetched at view time.
+
+Charts are drawn by one script at the end of the page, after the text and tables show: each chart in
+document order, one at a time, yielding to the browser between them (and a chart scrolled into view
+first), so the page is readable at once however many charts it has. When the last chart is drawn, the
+body's `data-charts-drawn-ms` says when (milliseconds since the page was opened) and the document
+gets the event `semrec:charts-drawn` (the browser test and bench/report.py wait for them).
 """
 
 import html
+import json
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 CONFIG = {"displaylogo": False, "responsive": True}
+
+DRAW_CHARTS = """(() => {
+  const pending = new Map([...document.querySelectorAll("script.chart-spec")].map(s => [s.dataset.chart, s]));
+  const total = pending.size;
+  let drawn = 0;
+  const done = () => {
+    document.body.dataset.chartsDrawnMs = Math.round(performance.now());
+    document.dispatchEvent(new CustomEvent("semrec:charts-drawn", {detail: {charts: total}}));
+  };
+  const draw = id => {
+    const spec = pending.get(id);
+    if (!spec) return Promise.resolve();
+    pending.delete(id);
+    const figure = JSON.parse(spec.textContent);
+    return Plotly.newPlot(id, figure.data, figure.layout, CONFIG).then(() => { if (++drawn === total) done(); });
+  };
+  const inView = new IntersectionObserver(entries => entries.forEach(entry => {
+    if (entry.isIntersecting) { inView.unobserve(entry.target); draw(entry.target.id); }
+  }), {rootMargin: "200px"});
+  pending.forEach((_, id) => inView.observe(document.getElementById(id)));
+  const next = () => {
+    const id = pending.keys().next().value;
+    if (id !== undefined) draw(id).then(() => setTimeout(next, 0));
+  };
+  if (total === 0) done(); else setTimeout(next, 0);
+})();"""
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1em 2em; color: #222; }
@@ -68,8 +101,13 @@ def table(header: list[str], rows: list[list[str]], numeric_from: int = 1, row_c
 
 
 def _chart(section: str, n: int, chart: Chart) -> str:
-    div = chart.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"{section}-chart-{n}", config=CONFIG)
-    return f'<div class="chart{" wide" if chart.wide else ""}" data-section="{section}">{div}</div>'
+    """An empty div of the chart's height (so the page does not jump as charts draw) and its figure;
+    `<\\/` keeps a `</script>` inside a label from ending the script element."""
+    chart_id = f"{section}-chart-{n}"
+    figure = chart.figure.to_json().replace("</", "<\\/")
+    return (f'<div class="chart{" wide" if chart.wide else ""}" data-section="{section}">'
+            f'<div id="{chart_id}" class="plotly-graph-div" style="height:{chart.figure.layout.height}px"></div>'
+            f'<script type="application/json" class="chart-spec" data-chart="{chart_id}">{figure}</script></div>')
 
 
 def _section(section: Section) -> str:
@@ -93,5 +131,5 @@ def render_page(title: str, stages: list[tuple[str, str, str]], sections: list[S
         f"<script>{get_plotlyjs()}</script></head><body>"
         f"<h1>{esc(title)}</h1><div class=\"stages\">{badges}</div>"
         + "".join(_section(s) for s in sections)
-        + "</body></html>\n"
+        + f"<script>const CONFIG = {json.dumps(CONFIG)};\n{DRAW_CHARTS}</script></body></html>\n"
     )

@@ -60,9 +60,9 @@ def _tokenizer(tok: dict) -> Section:
         section.charts += [Chart(charts.per_level(per_level, "Code usage and agreement with tags", "share / NMI")),
                            Chart(charts.code_usage(tok["code_counts"])),
                            Chart(charts.collision_groups(tok["groups"])),
-                           Chart(charts.tree(tok["prefix_tree"], "Semantic-ID prefixes (first two levels)"
+                           Chart(charts.tree(tok["prefix_tree"], "Semantic-ID prefixes (click a code for the next level)"
                                              + (", coloured by their items' main tag" if "tag" in tok["prefix_tree"] else ""),
-                                             tok["prefix_tree"].get("tag"), labelled=False))]
+                                             tok["prefix_tree"].get("tag"), labelled=False, depth=1))]
     if tok["curves"]:
         positive = all(v > 0 for curve in tok["curves"].values() for v in curve["value"])
         section.charts.append(Chart(charts.curves({"tokenizer": tok["curves"]}, "Tokenizer training", list(tok["curves"]),
