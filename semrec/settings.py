@@ -324,6 +324,13 @@ AMAZON_RETRIEVER = {
 }
 """Retriever settings of the Amazon presets."""
 
+MOVIELENS_RETRIEVER = {
+    # the Amazon recipe at history 200, in 64 windows a step: 6 GiB at its peak on ML-32M's shape
+    # (bench/ml32m.py; 128 windows need 8.7 GiB on a CPU). Not searched for quality on MovieLens.
+    **AMAZON_RETRIEVER, "max_seq_len": 200, "train": {**AMAZON_RETRIEVER["train"], "batch_size": 64},
+}
+"""Retriever settings of the MovieLens presets."""
+
 AMAZON_SASREC = {
     # measured on Beauty (bench/RESULTS.md): 30 epochs in the 20 minutes of a quiet 2-core CPU, test R@10 0.084
     "dropout": 0.3, "eval_every": 350,
@@ -350,9 +357,13 @@ PRESETS: dict[str, dict] = {
                "baselines": {"sasrec": AMAZON_SASREC}},
     "toys": {"data": {"dataset": "amazon", "variant": "toys"}, "retriever": AMAZON_RETRIEVER,
              "baselines": {"sasrec": AMAZON_SASREC}},
-    "ml-1m": {"data": {"dataset": "movielens", "variant": "1m"}, "retriever": {"max_seq_len": 200},
+    "ml-1m": {"data": {"dataset": "movielens", "variant": "1m"}, "retriever": MOVIELENS_RETRIEVER,
               "baselines": {"sasrec": {"max_seq_len": 200, "dropout": 0.2}}},
-    "ml-32m": {"data": {"dataset": "movielens", "variant": "32m"}, "retriever": {"max_seq_len": 200}},
+    "ml-32m": {"data": {"dataset": "movielens", "variant": "32m"}, "retriever": MOVIELENS_RETRIEVER,
+               # a full softmax over 87,585 items for 128 windows (113 targets each on average,
+               # up to 200) needs 10-18 GiB for its logits and their gradient
+               # and validating on all 200,948 users takes about 13 minutes on a 2-core CPU
+               "baselines": {"sasrec": {"max_seq_len": 200, "dropout": 0.2, "loss": "sampled", "valid_users": 4096}}},
     "kuairand": {"data": {"dataset": "kuairand", "variant": "pure"}, "retriever": {"max_seq_len": 50}},
     "custom": {"data": {"dataset": "custom", "min_interactions": 0}},
 }
