@@ -1,6 +1,7 @@
 """Shared fixtures: every test runs with its own cache folder and workspace under tmp_path."""
 
 import re
+import shutil
 import zlib
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from semrec.pipeline import lookup
-from semrec.project import Project, preset_settings
+from semrec.project import Project, load_project, preset_settings
 from semrec.report import RecordingReporter
 from semrec.workspace import Workspace
 
@@ -39,6 +40,12 @@ def workspace_at(root: Path, preset: str = "demo", **overrides) -> Workspace:
         setattr(lookup(settings, ".".join(parents)), last, value)
     root.mkdir(parents=True, exist_ok=True)
     return Workspace(Project(path=root / "semrec.toml", settings=settings), RecordingReporter())
+
+
+def copied_workspace(source: Path, root: Path) -> Workspace:
+    """A copy at `root` of the workspace in `source`, for a test that changes it; messages recorded."""
+    shutil.copytree(source, root)
+    return Workspace(load_project(explicit=root), RecordingReporter())
 
 
 @pytest.fixture

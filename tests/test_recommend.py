@@ -16,7 +16,7 @@ from semrec.report import RecordingReporter
 from semrec.artifacts import INTERACTIONS, ITEMS, SEMANTIC_IDS
 from semrec.io import write_parquet
 from semrec.workspace import Workspace
-from conftest import workspace_at
+from conftest import copied_workspace, workspace_at
 from test_evaluate import TINY, use_synthetic_tokenizer
 
 FAST = {**TINY, "retriever.train.steps": 40, "retriever.user_bins": 50}
@@ -41,9 +41,7 @@ def trained_once(tmp_path_factory) -> Path:
 def trained(trained_once, tmp_path, monkeypatch) -> Workspace:
     """A copy of the trained workspace that a test may change (the synthetic tokenizer stages in place)."""
     use_synthetic_tokenizer(monkeypatch)
-    root = tmp_path / "copy"
-    shutil.copytree(trained_once, root)
-    return Workspace(load_project(explicit=root), RecordingReporter())
+    return copied_workspace(trained_once, tmp_path / "copy")
 
 
 def reopened(ws) -> Workspace:

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import fake_encode, workspace_at
+from conftest import copied_workspace, fake_encode, workspace_at
 from semrec.artifacts import EVAL_METRICS, TOKENIZER
 from semrec.cli import app
 from semrec.io import atomic_write_json
 from semrec.pipeline import STAGES
-from semrec.project import load_project, render_toml
-from semrec.report import RecordingReporter
+from semrec.project import render_toml
 from semrec.workspace import Workspace
 from test_evaluate import TINY, fake_fit_tokenizer, use_synthetic_tokenizer
 from test_sasrec import SMALL
@@ -63,9 +62,7 @@ def trained_once(tmp_path_factory) -> Path:
 def trained(trained_once, tmp_path, monkeypatch) -> Workspace:
     """A copy of the trained workspace, the synthetic tokenizer stages in place."""
     use_synthetic_tokenizer(monkeypatch)
-    root = tmp_path / "ws"
-    shutil.copytree(trained_once, root)
-    return Workspace(load_project(explicit=root), RecordingReporter())
+    return copied_workspace(trained_once, tmp_path / "ws")
 
 
 def report(ws, *args: str):
