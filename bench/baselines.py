@@ -8,6 +8,7 @@ training minutes, and users ranked per second. Note the machine's load beside th
 """
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,17 +16,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from semrec.pipeline import lookup
 from semrec.project import load_project
 from semrec.rich_report import RichReporter
 from semrec.workspace import Workspace
 
-
-def override(settings, pair: str) -> None:
-    key, value = pair.split("=", 1)
-    *parents, last = key.split(".")
-    owner = lookup(settings, ".".join(parents))
-    setattr(owner, last, type(getattr(owner, last))(value))
+from overrides import parse_pair, with_settings
 
 
 def main() -> None:
@@ -35,8 +30,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="a setting for this run, KEY=VALUE")
     args = parser.parse_args()
     project = load_project(explicit=args.project)
-    for pair in args.set:
-        override(project.settings, pair)
+    project = dataclasses.replace(project, settings=with_settings(project.settings, dict(map(parse_pair, args.set))))
     if args.sasrec_minutes is not None:
         project.settings.baselines.sasrec.train.max_minutes = args.sasrec_minutes
     project.settings.eval.baselines = ["popularity", "sasrec"]

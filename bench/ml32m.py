@@ -19,9 +19,10 @@ fit in memory) likewise for --baseline-minutes. The cost model then says what a 
 - projected: seconds per epoch here (tokens / measured rate), and on 1 / 8 / 64 GPUs from the FLOPs
   per token (counted from the model's shape) at an assumed sustained GPU throughput (--gpu-tflops,
   printed with the table). No GPU was measured: the GPU rows are arithmetic, not observations.
-`semrec eval` ranks every one of the 200,948 users by beam search; its time is projected from the
-users per second of the validation decoding inside fit-retriever, and its memory is bounded by
-`semrec recommend` (the same loading, one user decoded).
+`semrec eval` ranks every one of the 200,948 users by beam search, hours on a CPU: its time is
+projected from the users per second of the validation decoding inside fit-retriever, and its peak
+memory measured by running it for --eval-minutes (its batches all have one size), and SASRec's
+ranking of the same users likewise, in a process of its own.
 """
 
 import argparse
@@ -29,41 +30,71 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import override  # noqa: E402
+from overrides import parse_pair, with_settings  # noqa: E402
 from prepare import ML32M_USERS, generate_ml32m  # noqa: E402
 
 RETRIEVER = {"retriever.eval_every": "100000"}  # the preset's retriever, validated once, at the end
 
 
-def stage(root: Path, *args: str) -> dict:
+def stage(root: Path, *args: str, limit: float | None = None) -> dict:
     """One `semrec` command in its own process: its JSON figures, wall seconds, peak memory (GiB), and
-    the load average (1 minute) when it started."""
+    the load average (1 minute) when it started. With `limit` (seconds) it is stopped then, if still
+    running: the peak of its first minutes, for a command whose batches all have one size."""
+    return measured([sys.executable, "-m", "semrec", "--project", str(root), *args, "--json"], limit)
+
+
+def measured(command: list[str], limit: float | None = None) -> dict:
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "semrec", "--project", str(root), *args, "--json"],
-                             stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+    stopped = threading.Timer(limit, child.terminate) if limit else None
+    if stopped:
+        stopped.start()
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    if child.returncode != 0:
-        raise SystemExit(f"`semrec {' '.join(args)}` failed with exit {child.returncode}")
-    return {"figures": json.loads(out) if out.strip() else {}, "seconds": round(seconds, 1),
-            "peak_gib": round(usage.ru_maxrss / 2**20, 2), "load": round(load, 2)}
+    if stopped:
+        stopped.cancel()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 and not (limit and seconds >= limit):
+        raise SystemExit(f"`{' '.join(command[1:])}` failed with exit {code}")
+    return {"figures": json.loads(out) if out.strip() and code == 0 else {}, "seconds": round(seconds, 1),
+            "peak_gib": round(usage.ru_maxrss / 2**20, 2), "load": round(load, 2), "stopped": code != 0}
+
+
+def rank_with_sasrec(root: Path, seconds: float) -> None:
+    """SASRec's ranking of the test users as `semrec eval` does it (batches of eval.batch_size x 4), for at
+    most `seconds`; prints users ranked and users per second as JSON (run in its own process)."""
+    import torch
+
+    from semrec.baselines.fit import load_sasrec, read_baseline_sequences
+    from semrec.baselines.sasrec import rank_items
+    from semrec.project import load_project
+    from semrec.report import Reporter
+    from semrec.workspace import Workspace
+
+    ws = Workspace(load_project(explicit=root), Reporter())
+    model, _ = load_sasrec(ws, torch.device("cpu"))
+    histories, _ = read_baseline_sequences(ws, model.cfg.max_seq_len).split_items("test")
+    size, done, started = ws.settings.eval.batch_size * 4, 0, time.perf_counter()
+    while done < len(histories) and time.perf_counter() - started < seconds:
+        rank_items(model, histories[done:done + size], 10, size)
+        done = min(done + size, len(histories))
+    spent = time.perf_counter() - started
+    print(json.dumps({"users": len(histories), "ranked": done, "users_per_s": round(done / spent, 1)}))
 
 
 def configure(root: Path, local_dir: Path, pairs: dict[str, str]) -> None:
     from semrec.project import load_project, render_toml
 
     project = load_project(explicit=root)
-    project.settings.data.local_dir = str(local_dir)
-    for key, value in pairs.items():
-        override(project.settings, f"{key}={value}")
-    project.path.write_text(render_toml(project.settings))
+    values = {"data.local_dir": str(local_dir), **dict(parse_pair(f"{key}={value}") for key, value in pairs.items())}
+    project.path.write_text(render_toml(with_settings(project.settings, values)))
 
 
 def training_tokens(root: Path) -> dict:
@@ -107,11 +138,16 @@ def main() -> None:
     parser.add_argument("--tokenizer-minutes", type=float, default=5.0)
     parser.add_argument("--retriever-minutes", type=float, default=5.0)
     parser.add_argument("--baseline-minutes", type=float, default=3.0, help="SASRec's bound (sampled softmax)")
+    parser.add_argument("--eval-minutes", type=float, default=5.0,
+                        help="run each part of `semrec eval` this long for its peak memory (the whole takes hours)")
+    parser.add_argument("--rank-sasrec", type=float, metavar="SECONDS", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-tflops", type=float, default=10.0,
                         help="assumed sustained training throughput of one GPU, TFLOP/s, for the projection (default: "
                              "1%% of an H100's dense bf16 peak; a model this small is bound by kernel launches and "
                              "memory traffic, far from the peak)")
     args = parser.parse_args()
+    if args.rank_sasrec is not None:
+        return rank_with_sasrec(args.root, args.rank_sasrec)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows: list[tuple[str, dict]] = []
     local_dir = args.local_dir
@@ -135,6 +171,11 @@ def main() -> None:
                            "columns=['user_key']).row(0)[0])", str(args.root / "data/interactions.parquet")],
                           capture_output=True, text=True, check=True).stdout.strip()
     rows.append(("recommend (one user)", stage(args.root, "recommend", "--user", user, "--k", "10")))
+    limit = args.eval_minutes * 60
+    rows.append((f"eval, the retriever's beam search (stopped at {args.eval_minutes:g} min)",
+                 stage(args.root, "eval", "--baselines", "popularity", limit=limit)))
+    rows.append((f"eval, SASRec's ranking ({args.eval_minutes:g} min at most)", measured(
+        [sys.executable, __file__, "--root", str(args.root), "--rank-sasrec", str(limit)], limit + 120)))
 
     epoch = training_tokens(args.root)
     retriever = dict(rows)["fit-retriever"]["figures"]
@@ -148,7 +189,7 @@ def main() -> None:
     print("| stage | wall time | peak memory (GiB) | load at start | figures |")
     print("|---|---:|---:|---:|---|")
     keep = ("users", "items", "interactions", "encoded", "items_per_s", "collision_rate", "usage", "steps",
-            "tokens_per_s", "targets_per_s", "valid_recall@10")
+            "tokens_per_s", "targets_per_s", "valid_recall@10", "ranked", "users_per_s")
     for name, row in rows:
         shown = {k: v for k, v in row["figures"].items() if k in keep and not isinstance(v, dict | list)}
         print(f"| {name} | {row['seconds']} s | {row['peak_gib']} | {row['load']} | {json.dumps(shown)} |")
@@ -167,8 +208,7 @@ def main() -> None:
     decoded = validations * config_valid_users(args.root) / history["validation_seconds"]
     print(f"\n`semrec eval` decodes all {ML32M_USERS:,} users (beam 20): about {ML32M_USERS / decoded / 3600:.1f} h on this "
           f"CPU, projected from the validation decoding inside fit-retriever ({decoded:.1f} users/s, "
-          f"{validations} validation(s), validation loss included); its memory is that of the recommend row "
-          f"plus one batch of users.")
+          f"{validations} validation(s), validation loss included); its peak memory is the eval rows'.")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the steps its budget allows, estimated from timed steps before it starts; valida
 """
 
 import argparse
-import copy
 import json
 import shutil
 import sys
@@ -20,17 +19,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def apply(settings, overrides: dict) -> None:
-    from semrec.pipeline import lookup
-
-    for key, value in overrides.items():
-        *tables, last = f"retriever.{key}".split(".")
-        owner = lookup(settings, ".".join(tables))
-        if not hasattr(owner, last):
-            raise SystemExit(f"unknown retriever setting {key!r}")
-        setattr(owner, last, value)
 
 
 def seconds_per_step(ws, device, steps: int = 4) -> float:
@@ -45,6 +33,7 @@ def seconds_per_step(ws, device, steps: int = 4) -> float:
 
 def run_trial(source: Path, scratch: Path, name: str, overrides: dict, minutes: float, valid_users: int,
               validations: int) -> dict:
+    from bench.overrides import with_settings
     from semrec.device import resolve_device
     from semrec.project import load_project
     from semrec.report import Reporter
@@ -57,10 +46,9 @@ def run_trial(source: Path, scratch: Path, name: str, overrides: dict, minutes: 
     for artifact in ("data", "tokenizer", "semantic_ids.parquet"):
         (root / artifact).symlink_to(source / artifact)
     project = load_project(explicit=source)
-    project = type(project)(path=root / "semrec.toml", settings=copy.deepcopy(project.settings))
-    ws = Workspace(project, Reporter())
+    settings = with_settings(project.settings, {f"retriever.{key}": value for key, value in overrides.items()})
+    ws = Workspace(type(project)(path=root / "semrec.toml", settings=settings), Reporter())
     r = ws.settings.retriever
-    apply(ws.settings, overrides)
     r.valid_users, r.patience, r.train.checkpoint_every = valid_users, 0, 10**9
     per_step = seconds_per_step(ws, resolve_device(r.device))
     r.train.steps = max(r.train.warmup_steps + validations, int(minutes * 60 / per_step * 0.9))

@@ -18,13 +18,13 @@ import re
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from plotly.offline import get_plotlyjs
 
+from semrec.html_report.page import DRAWN_MARK
+
 CHROMIUM = "chromium"
-MARK = re.compile(r'class="(?:point|js-line|slice)[ "]')
 STAMP = re.compile(r"\[\d+:\d+:(\d{4})/(\d{6}\.\d{6}):INFO:CONSOLE[^\]]*\] \"(semrec-[a-z-]+)\"")
 PROBE = ('<script>addEventListener("load", () => console.log("semrec-load"));'
          'document.addEventListener("semrec:charts-drawn", () => console.log("semrec-charts-drawn"));</script>')
@@ -75,7 +75,7 @@ def main() -> None:
                 raise SystemExit("the report never finished drawing its charts")
             times["report, load (text and tables shown)"].append(seen["semrec-load"])
             times["report, last chart drawn"].append(seen["semrec-charts-drawn"])
-            marks = len(MARK.findall(dom))
+            marks = len(DRAWN_MARK.findall(dom))
     base = statistics.median(times["empty page, load"])
     print(f"{args.page} ({args.page.stat().st_size / 2**20:.2f} MiB, {marks:,} SVG marks drawn); "
           f"seconds from starting Chromium, median of {args.runs} runs; load average at start {load}")

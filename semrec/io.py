@@ -130,3 +130,24 @@ def write_parquet(frame, path: Path) -> None:
     """Write a polars DataFrame atomically."""
     with atomic_path(path) as tmp:
         frame.write_parquet(tmp)
+
+
+def write_weights(path: Path, state: dict, metadata: dict) -> None:
+    """A model's tensors (copied to the CPU) and metadata (each value as JSON) in one safetensors file,
+    written atomically: what `read_weights` gives back."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+
+
+def read_weights(path: Path, device: str = "cpu") -> tuple[dict, dict]:
+    """The tensors (on `device`) and metadata of a `write_weights` file; OSError, or safetensors' own
+    error, or ValueError for metadata that is not JSON, for the caller to explain."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        raw = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, {k: json.loads(v) for k, v in raw.items()}

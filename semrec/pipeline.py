@@ -49,8 +49,10 @@ def _tokenizer_upstream(settings) -> tuple[str, ...]:
 
 
 def _retriever_settings(settings) -> tuple[str, ...]:
-    return ("retriever", "project.seed", "-retriever.device", "-retriever.compile",
+    keys = ("retriever", "project.seed", "-retriever.device", "-retriever.compile",
             *(f"-retriever.{key}" for key in _HOW_LONG))
+    # added after retrievers had been trained: left out while off, so that those stay up to date
+    return keys if settings.retriever.item_embeddings else (*keys, "-retriever.item_embeddings")
 
 
 def _baseline_settings(settings) -> tuple[str, ...]:

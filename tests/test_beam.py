@@ -22,14 +22,17 @@ def catalogue(n: int, levels: int = 2, size: int = 4, seed: int = 0) -> torch.Te
     return torch.cat([codes, dedup[:, None]], 1)
 
 
-def tiny_model(arch: str, ids: torch.Tensor, size: int = 4) -> Retriever:
+def tiny_model(arch: str, ids: torch.Tensor, size: int = 4, item_ids: bool = False) -> Retriever:
     torch.manual_seed(0)
     cfg = RetrieverConfig(arch=arch, levels=ids.shape[1] - 1, codebook_size=size,
                           collision_size=int(ids[:, -1].max()) + 1, user_bins=3, max_seq_len=3, d_model=16, heads=2,
-                          head_dim=8, encoder_layers=1, decoder_layers=1, ff_dim=32, dropout=0.0)
-    model = build_retriever(cfg).eval()
+                          head_dim=8, encoder_layers=1, decoder_layers=1, ff_dim=32, dropout=0.0,
+                          item_ids=len(ids) if item_ids else 0)
+    model = build_retriever(cfg, ids).eval()
     with torch.no_grad():  # sharper than the initialisation, so that the ranking is not a near tie
         model.head.weight.mul_(40)
+        if item_ids:
+            model.item_embedding.weight.mul_(40)
     return model
 
 
@@ -54,10 +57,11 @@ def exhaustive_scores(model: Retriever, ids: torch.Tensor, history: torch.Tensor
     return logp.sum(0).view(b, n)
 
 
+@pytest.mark.parametrize("item_ids", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_beam_search_equals_exhaustive_search_on_tiny_model(arch):
+def test_beam_search_equals_exhaustive_search_on_tiny_model(arch, item_ids):
     ids = catalogue(40)
-    model = tiny_model(arch, ids)
+    model = tiny_model(arch, ids, item_ids=item_ids)
     trie = ItemTrie(ids, torch.arange(len(ids)), model.cfg.level_sizes)
     history, user = histories(ids)
     ranked = beam_search(model, trie, history, user, k=10, beam_size=len(ids))

@@ -28,11 +28,13 @@ def sequences(lengths: list[int], mode: str, max_seq_len: int = 6, seed: int = 1
                      mode=mode)
 
 
-def tiny_model(arch: str):
+def tiny_model(arch: str, item_ids: bool = False):
     torch.manual_seed(0)
+    ids = semantic_ids().codes.unique(dim=0)  # the synthetic IDs repeat; each whole ID gets one row
     cfg = RetrieverConfig(arch=arch, levels=LEVELS, codebook_size=SIZE, collision_size=2, user_bins=3, max_seq_len=6,
-                          d_model=16, heads=2, head_dim=8, encoder_layers=1, decoder_layers=1, ff_dim=32, dropout=0.0)
-    return build_retriever(cfg).eval()
+                          d_model=16, heads=2, head_dim=8, encoder_layers=1, decoder_layers=1, ff_dim=32, dropout=0.0,
+                          item_ids=len(ids) if item_ids else 0)
+    return build_retriever(cfg, ids).eval()
 
 
 def all_windows(seqs: Sequences):
@@ -87,9 +89,10 @@ def test_every_training_target_is_predicted_once_per_epoch_within_the_history_ca
     assert sorted(epoch.tolist()) == list(range(len(end)))  # every window once per epoch
 
 
+@pytest.mark.parametrize("item_ids", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_no_target_sees_itself_or_a_later_item(arch):
-    model = tiny_model(arch)
+def test_no_target_sees_itself_or_a_later_item(arch, item_ids):
+    model = tiny_model(arch, item_ids)
     batch = all_windows(sequences([7], "causal"))  # one window of 7 items, 6 targets
     with torch.no_grad():
         base = model(batch).logits

@@ -120,18 +120,26 @@ def test_popularity_ranks_the_most_frequent_training_items_first():
 
 
 # -- fitting -------------------------------------------------------------------------------------
+VARIANTS = {
+    "encoder-decoder": {"retriever.arch": "encoder-decoder"},
+    "decoder-only": {"retriever.arch": "decoder-only"},
+    "decoder-only with item IDs": {"retriever.arch": "decoder-only", "retriever.item_embeddings": True},
+}
+
+
 @pytest.fixture(scope="module")
 def fitted_once(tmp_path_factory) -> dict[str, Path]:
-    """One tiny retriever per architecture, trained once for this module through the stage runner."""
+    """One tiny retriever per architecture (and one that reads item IDs), trained once for this module
+    through the stage runner."""
     roots = {}
     with pytest.MonkeyPatch.context() as patch:
         use_synthetic_tokenizer(patch)
-        for arch in ("encoder-decoder", "decoder-only"):
-            root = tmp_path_factory.mktemp(arch)
-            ws = workspace_at(root, "demo", **{**TINY, "retriever.arch": arch})
+        for name, settings in VARIANTS.items():
+            root = tmp_path_factory.mktemp(name.replace(" ", "-"))
+            ws = workspace_at(root, "demo", **{**TINY, **settings})
             ws.project.path.write_text(render_toml(ws.settings))
             ws.ensure("fit-retriever")
-            roots[arch] = root
+            roots[name] = root
     return roots
 
 
@@ -149,9 +157,9 @@ def fitted(fitted_once, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["encoder-decoder", "decoder-only"])
-def test_fitting_a_tiny_model_lowers_the_validation_loss_and_beats_popularity(fitted, arch):
-    ws = fitted(arch)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fitting_a_tiny_model_lowers_the_validation_loss_and_beats_popularity(fitted, variant):
+    ws = fitted(variant)
     metrics = json.loads(ws.path("retriever/metrics.json").read_text())
     losses = [entry["valid_loss"] for entry in metrics["history"] if "valid_loss" in entry]
     collisions = int(pl.read_parquet(ws.path(SEMANTIC_IDS))["dedup"].max()) + 1

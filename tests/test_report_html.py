@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from conftest import copied_workspace, fake_encode, workspace_at
 from semrec.artifacts import EVAL_METRICS, TOKENIZER
 from semrec.cli import app
+from semrec.html_report.page import DRAWN_MARK
 from semrec.io import atomic_write_json
 from semrec.pipeline import STAGES
 from semrec.project import render_toml
@@ -154,7 +155,6 @@ document.addEventListener("semrec:charts-drawn", () => {
 """Put first in <head> of a copy of the page: records errors, the time until the page shows (text and
 tables, at the load event) and the time until its last chart is drawn."""
 
-MARK = re.compile(r'class="(?:point|js-line|slice)[ "]')  # plotly's SVG marks: markers and bars, lines, sunburst slices
 CHART = re.compile(r'<div id="([\w-]+)" class="plotly-graph-div')
 SECTION = re.compile(r'<section id="(\w+)"')
 
@@ -163,7 +163,7 @@ def drawn_marks(dom: str) -> dict[str, int]:
     """Per plotly chart of a rendered DOM: how many SVG marks it drew (up to the next chart)."""
     starts = list(CHART.finditer(dom))
     ends = [m.start() for m in starts[1:]] + [len(dom)]
-    return {m.group(1): len(MARK.findall(dom, m.end(), end)) for m, end in zip(starts, ends)}
+    return {m.group(1): len(DRAWN_MARK.findall(dom, m.end(), end)) for m, end in zip(starts, ends)}
 
 
 def open_in_chromium(page: Path, screenshot: Path, tmp_path: Path) -> dict:

@@ -1,6 +1,8 @@
 """The retriever model: decoding equals teacher forcing, all-positions training equals TIGER's prefix
 examples, no target sees itself or a later item, checkpoints rebuild the model or refuse clearly."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -45,13 +47,25 @@ def target_of(batch: Batch) -> torch.Tensor:
     return batch.items[:, -1]
 
 
+def with_item_ids(cfg: RetrieverConfig, batch: Batch) -> tuple[RetrieverConfig, torch.Tensor]:
+    """The config with ID embeddings for every distinct item of the batch but its first history item,
+    which stands for one tokenized after training; and those items' codes."""
+    items = batch.items[batch.items[..., 0] >= 0].unique(dim=0)
+    known = items[(items != batch.items[0, -2]).any(1)]
+    return dataclasses.replace(cfg, item_ids=len(known)), known
+
+
+@pytest.mark.parametrize("item_ids", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("beams", [1, 3])
-def test_decoding_steps_equal_teacher_forced_logits(arch, beams):
+def test_decoding_steps_equal_teacher_forced_logits(arch, beams, item_ids):
     torch.manual_seed(0)
     cfg = tiny_config(arch)
-    model = build_retriever(cfg).eval()
     batch = random_batch(cfg)
+    codes = None
+    if item_ids:
+        cfg, codes = with_item_ids(cfg, batch)
+    model = build_retriever(cfg, codes).eval()
     with torch.no_grad():
         logits = model(batch).logits
     context = model.start(history_of(batch), batch.user)
@@ -103,14 +117,18 @@ def test_decoder_only_has_a_comparable_parameter_count_at_the_published_size():
     assert 0.75 < dec / enc_dec < 1.0
 
 
-def test_checkpoint_rebuilds_the_model(tmp_path):
+@pytest.mark.parametrize("item_ids", [False, True])
+def test_checkpoint_rebuilds_the_model(tmp_path, item_ids):
     torch.manual_seed(0)
     cfg = tiny_config("encoder-decoder")
-    model = build_retriever(cfg).eval()
+    batch = random_batch(cfg)
+    codes = None
+    if item_ids:
+        cfg, codes = with_item_ids(cfg, batch)
+    model = build_retriever(cfg, codes).eval()
     model.save(tmp_path / "m.safetensors", {"steps": 3})
     loaded = Retriever.load(tmp_path / "m.safetensors")
     assert loaded.cfg == cfg
-    batch = random_batch(cfg)
     with torch.no_grad():
         torch.testing.assert_close(model(batch).loss, loaded(batch).loss)
 
@@ -141,3 +159,29 @@ def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p_and_is_seed
     torch.manual_seed(3)
     assert torch.equal(drop(x), first)
     assert torch.equal(drop.eval()(x), x)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_item_ids_find_each_known_item_and_leave_others_without_one(arch):
+    torch.manual_seed(0)
+    cfg = tiny_config(arch)
+    batch = random_batch(cfg)
+    cfg, known = with_item_ids(cfg, batch)
+    model = build_retriever(cfg, known[torch.randperm(len(known))]).eval()  # the table's order does not matter
+    rows = model._item_rows(known[None])[0]
+    assert sorted(rows.tolist()) == list(range(len(known)))  # one row each
+    outside = model._item_rows(batch.items)
+    assert (outside[batch.items[..., 0] < 0] == cfg.item_ids).all()  # padding reads the empty row
+    assert outside[0, -2] == cfg.item_ids  # so does an item the table does not hold
+    assert not model.item_embedding.weight[cfg.item_ids].any()
+    with torch.no_grad():  # and it reads as its tokens alone: the same prediction with no ID table at all
+        plain = build_retriever(dataclasses.replace(cfg, item_ids=0))
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("item_")})
+        only_unknown = Batch(batch.items[:1, -2:], batch.user[:1], batch.targets[:1, -2:])
+        torch.testing.assert_close(model.eval()(only_unknown).logits, plain.eval()(only_unknown).logits)
+
+
+def test_two_items_with_one_whole_id_get_no_id_table():
+    cfg = tiny_config("decoder-only", item_ids=2)
+    with pytest.raises(ValueError, match="share one whole semantic ID"):
+        build_retriever(cfg, torch.tensor([[1, 2, 3, 0], [1, 2, 3, 0]]))

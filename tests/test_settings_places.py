@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from semrec.cli import app
 from semrec.errors import SemrecError
-from semrec.pipeline import STAGES, lookup
+from semrec.pipeline import STAGES, lookup, stage_settings
 from semrec.project import init_project, load_project, preset_settings, settings_from_dict
 from semrec.settings import MOVED_KEYS
 
@@ -66,7 +66,6 @@ def test_a_key_at_both_places_is_refused():
 
 def digests(settings) -> dict[str, str]:
     from semrec.workspace import digest_json
-    from semrec.pipeline import stage_settings
 
     return {name: digest_json(stage_settings(settings, name)) for name in STAGES}
 
@@ -82,6 +81,15 @@ def test_decoding_settings_never_touch_the_retriever_fingerprint(key, value):
     after = digests(settings)
     assert after["fit-retriever"] == before["fit-retriever"]
     assert after["eval"] != before["eval"] or key == "eval.batch_size"
+
+
+def test_a_retriever_trained_before_item_embeddings_existed_stays_up_to_date():
+    settings = preset_settings("demo")
+    older = stage_settings(settings, "fit-retriever")
+    older["retriever"] = {k: v for k, v in older["retriever"].items() if k != "item_embeddings"}
+    assert stage_settings(settings, "fit-retriever") == older  # off: the digest of a file written before the setting
+    settings.retriever.item_embeddings = True
+    assert stage_settings(settings, "fit-retriever")["retriever"]["item_embeddings"] is True
 
 
 @pytest.mark.parametrize("kind, key, stale", [

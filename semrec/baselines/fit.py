@@ -6,7 +6,6 @@ It reads the same splits as the retriever, with its own history length, and sele
 on the validation targets only.
 """
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from semrec.artifacts import INTERACTIONS, ITEMS, SASREC, SPLITS
 from semrec.baselines.sasrec import SASRec, SASRecConfig, rank_items
 from semrec.device import resolve_device
 from semrec.errors import SemrecError
-from semrec.io import atomic_path, atomic_write_json
+from semrec.io import atomic_write_json, read_weights, write_weights
 from semrec.metrics import ranking_metrics
 from semrec.retriever.data import Sequences, read_sequences
 from semrec.train import TrainConfig, epoch_indices, train
@@ -152,7 +151,8 @@ def run_fit_baseline(ws, run) -> dict:
     if not distributed.is_main():
         return {}
     best = result.best or {}
-    _save(model, folder / MODEL_FILE, {"steps": result.steps, "best_step": best.get("step")})
+    write_weights(folder / MODEL_FILE, model.state_dict(),
+                  {"config": model.cfg.to_dict(), "steps": result.steps, "best_step": best.get("step")})
     figures = {
         "model": "sasrec",
         "params": model.num_params(),
@@ -165,29 +165,18 @@ def run_fit_baseline(ws, run) -> dict:
     return figures
 
 
-def _save(model: SASRec, path, metadata: dict) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    meta = {"config": json.dumps(model.cfg.to_dict()), **{k: json.dumps(v) for k, v in metadata.items()}}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
 def load_sasrec(ws, device: torch.device) -> tuple[SASRec, dict]:
     """The trained SASRec of this workspace and its file's metadata (steps, best step)."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     path = ws.path(SASREC) / MODEL_FILE
     if not path.exists():
         raise SemrecError(f"no trained SASRec in {path.parent}", "run `semrec fit-baseline`")
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        model = SASRec(SASRecConfig(**json.loads(meta["config"]))).to(device)
+        tensors, meta = read_weights(path, device)
+        model = SASRec(SASRecConfig(**meta.pop("config"))).to(device)
         model.load_state_dict(tensors)
     except (OSError, SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise SemrecError(f"cannot read the SASRec baseline {path}: {e}", "run `semrec fit-baseline --force`") from e
     model.eval()
-    return model, {k: json.loads(v) for k, v in meta.items() if k != "config"}
+    return model, meta

@@ -10,12 +10,17 @@ gets the event `semrec:charts-drawn` (the browser test and bench/report.py wait 
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 CONFIG = {"displaylogo": False, "responsive": True}
+
+DRAWN_MARK = re.compile(r'class="(?:point|js-line|slice)[ "]')
+"""One mark plotly drew into a chart's SVG (a marker or bar, a line, a sunburst slice): how a reader of
+the rendered page (the browser test, bench/report.py) counts what was drawn."""
 
 DRAW_CHARTS = """(() => {
   const pending = new Map([...document.querySelectorAll("script.chart-spec")].map(s => [s.dataset.chart, s]));

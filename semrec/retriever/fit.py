@@ -94,7 +94,7 @@ def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
         raise SemrecError(f"item {largest} of {ws.path(SPLITS)} has no semantic ID in {ws.path(SEMANTIC_IDS)}",
                           "run `semrec tokenize --force`")
     config = RetrieverConfig.from_settings(s, ids)
-    model = build_retriever(config).to(device)
+    model = build_retriever(config, ids.codes[: config.item_ids]).to(device)
     compiled = s.compile and device.type == "cuda"
     # on a GPU one large batch is fastest (fixed shapes when compiled); on a CPU, less padding is
     batches = Batches(ids, sequences, device, seed, pieces=1 if device.type == "cuda" else 4, trim=not compiled)

@@ -24,6 +24,11 @@ generated at position n, in training and in decoding alike. Learned absolute tab
 T5's relative bias: the sequence has an exact two-level structure (item x slot) that two tiny
 tables express directly, and with no additive bias the attention stays on PyTorch's fused kernels.
 
+With `item_ids` (the setting retriever.item_embeddings), each history item's last token also adds a
+learned embedding of the item itself, found from its whole semantic ID: IDs in, semantic IDs out.
+The last token is the one that predicts the next item, so no target reads its own ID; an item
+tokenized after training has no row and reads as its tokens alone.
+
 The architectures are registered in `semrec.registry.ARCHITECTURES`, one module each, as subclasses
 of `Retriever` that implement `forward`, `start` and `step_logits` (all that beam.py uses):
 - "encoder-decoder" (TIGER, encoder_decoder.py): the encoder reads the user token and the history,
@@ -40,7 +45,6 @@ values of the history. Each beam step then runs only the few target tokens; the 
 share that user's history tensors, never copied per beam.
 """
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -73,6 +77,7 @@ class RetrieverConfig:
     ff_dim: int = 1024
     dropout: float = 0.1
     label_smoothing: float = 0.0
+    item_ids: int = 0  # items with a learned ID embedding (0 = none)
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -86,7 +91,7 @@ class RetrieverConfig:
             user_bins=settings.user_bins, max_seq_len=settings.max_seq_len, d_model=settings.d_model,
             heads=settings.heads, head_dim=settings.head_dim, encoder_layers=settings.encoder_layers,
             decoder_layers=settings.decoder_layers, ff_dim=settings.ff_dim, dropout=settings.dropout,
-            label_smoothing=settings.label_smoothing,
+            label_smoothing=settings.label_smoothing, item_ids=len(ids.codes) if settings.item_embeddings else 0,
         )
 
     @property
@@ -278,7 +283,16 @@ class Retriever(nn.Module):
         # token id of local code 0 at each item position, and where each position's logits start in the head
         self.register_buffer("token_offset", SPECIALS + torch.cumsum(sizes, 0) - sizes, persistent=False)
         self.head_offset = [int(x) for x in torch.cumsum(sizes, 0) - sizes]
+        # a whole semantic ID as one number: code p weighs the product of the sizes after it
+        strides = torch.cat([torch.cumprod(sizes.flip(0), 0).flip(0)[1:], torch.ones(1, dtype=torch.long)])
+        self.register_buffer("id_strides", strides, persistent=False)
+        if cfg.item_ids:
+            self.register_buffer("item_keys", torch.zeros(cfg.item_ids, dtype=torch.long))  # sorted whole IDs
+            self.item_embedding = nn.Embedding(cfg.item_ids + 1, d, padding_idx=cfg.item_ids)  # last row: none
         self.apply(self._init)
+        if cfg.item_ids:
+            with torch.no_grad():
+                self.item_embedding.weight[cfg.item_ids].zero_()
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -309,6 +323,23 @@ class Retriever(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # -- embeddings ------------------------------------------------------------------------------
+    def set_items(self, codes: Tensor) -> None:
+        """Give each item of `codes` (N, L+1) its ID embedding: row r for the r-th smallest whole ID."""
+        keys = (codes.to(self.id_strides.device) * self.id_strides).sum(-1).sort().values
+        if len(keys) != self.cfg.item_ids:
+            raise ValueError(f"the model has {self.cfg.item_ids} item ID embeddings, got {len(keys)} items")
+        if bool((keys[1:] == keys[:-1]).any()):
+            raise ValueError("two items share one whole semantic ID")
+        self.item_keys.copy_(keys)
+
+    def _item_rows(self, items: Tensor) -> Tensor:
+        """(B, n, L+1) items -> (B, n) the row of each one's ID embedding; the empty last row for padding
+        and for items without one (tokenized after training)."""
+        keys = (items.clamp(min=0) * self.id_strides).sum(-1)
+        row = torch.searchsorted(self.item_keys, keys).clamp(max=self.cfg.item_ids - 1)
+        known = (self.item_keys[row] == keys) & (items[..., 0] >= 0)
+        return torch.where(known, row, self.cfg.item_ids)
+
     def _item_tokens(self, codes: Tensor) -> Tensor:
         """Level-local codes (..., p) of the first p item positions -> token ids; -1 -> PAD."""
         p = codes.shape[-1]
@@ -330,6 +361,11 @@ class Retriever(nn.Module):
         positions = self.item_positions(items).repeat_interleave(size, dim=1)  # (B, n*(L+1))
         owner = torch.arange(n, device=dev).repeat_interleave(size).expand(b, -1)  # (B, n*(L+1))
         x = self.tokens(tokens) + self.slot(slots) + self.position(positions)
+        if self.cfg.item_ids:
+            # an item's ID embedding joins its last token, the one that predicts the next item: a target's
+            # own ID is never read before the target is complete
+            whole = self.item_embedding(self._item_rows(items))[:, :, None]  # (B, n, 1, d)
+            x = x + F.pad(whole, (0, 0, size - 1, 0)).reshape(b, n * size, -1)
         if self.cfg.user_bins:
             user_tokens = torch.where(user >= 0, SPECIALS + self.cfg.item_vocab + user, PAD)[:, None]  # (B, 1)
             slot, position = (torch.tensor([i], device=dev) for i in (self.cfg.positions, self.cfg.max_seq_len + 1))
@@ -375,29 +411,24 @@ class Retriever(nn.Module):
     # -- checkpoint ------------------------------------------------------------------------------
     def save(self, path: Path, metadata: dict | None = None) -> None:
         """Weights and config in one safetensors file: the model can be rebuilt from it alone."""
-        from safetensors.torch import save_file
+        from semrec.io import write_weights
 
-        from semrec.io import atomic_path
-
-        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
-        meta = {"config": json.dumps(asdict(self.cfg)), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        write_weights(path, self.state_dict(), {"config": asdict(self.cfg), **(metadata or {})})
 
     @classmethod
     def load(cls, path: Path, device: torch.device | str = "cpu", expect: dict | None = None) -> "Retriever":
         """Rebuild a model from its file; `expect` (arch and vocabulary fields) must match the checkpoint's."""
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError
+
+        from semrec.io import read_weights
 
         try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, SafetensorError) as e:
+            tensors, meta = read_weights(path, device)
+        except (OSError, SafetensorError, ValueError) as e:
             raise SemrecError(f"cannot read the retriever {path}: {e}", "run `semrec fit-retriever --force`") from e
         if "config" not in meta:
             raise SemrecError(f"{path} has no model config: it is not a semrec retriever", "run `semrec fit-retriever --force`")
-        cfg = RetrieverConfig.from_dict(json.loads(meta["config"]))
+        cfg = RetrieverConfig.from_dict(meta["config"])
         for key, wanted in (expect or {}).items():
             have = getattr(cfg, key)
             if have != wanted:
@@ -406,7 +437,7 @@ class Retriever(nn.Module):
                     f"and semantic IDs need {key} = {wanted!r}",
                     "run `semrec fit-retriever` to train it for the current settings",
                 )
-        model = build_retriever(cfg).to(device)
+        model = ARCHITECTURES[cfg.arch].load()(cfg).to(device)  # its items' IDs, if any, come with the weights
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
@@ -414,6 +445,12 @@ class Retriever(nn.Module):
         return model.eval()
 
 
-def build_retriever(cfg: RetrieverConfig) -> Retriever:
-    """An untrained model of the architecture `cfg.arch` (looked up in the registry)."""
-    return ARCHITECTURES[cfg.arch].load()(cfg)
+def build_retriever(cfg: RetrieverConfig, item_codes: Tensor | None = None) -> Retriever:
+    """An untrained model of the architecture `cfg.arch` (looked up in the registry); with `cfg.item_ids`,
+    `item_codes` (N, L+1) are the items that get ID embeddings."""
+    model = ARCHITECTURES[cfg.arch].load()(cfg)
+    if cfg.item_ids:
+        if item_codes is None:
+            raise ValueError("a model with item ID embeddings needs the items' codes")
+        model.set_items(item_codes)
+    return model
