@@ -9,7 +9,6 @@ import dataclasses
 import json
 import math
 import re
-import shutil
 import zlib
 from pathlib import Path
 
@@ -27,10 +26,8 @@ from semrec.project import render_toml
 from semrec.retriever.fit import run_fit_retriever
 from semrec.artifacts import ITEMS, SEMANTIC_IDS, TAGS, TOKENIZER
 from semrec.io import atomic_write_json, write_parquet
-from semrec.project import load_project
-from semrec.report import RecordingReporter
-from semrec.workspace import StageRun, Workspace
-from conftest import workspace_at
+from semrec.workspace import StageRun
+from conftest import copied_workspace, workspace_at
 
 CODEBOOK = 16
 TINY = {
@@ -145,15 +142,9 @@ def fitted_once(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def fitted(fitted_once, tmp_path, monkeypatch):
-    """fitted(arch) -> a copy of that architecture's trained workspace, the synthetic tokenizer stages in place."""
+    """fitted(variant) -> a copy of that variant's trained workspace, the synthetic tokenizer stages in place."""
     use_synthetic_tokenizer(monkeypatch)
-
-    def copy(arch: str) -> Workspace:
-        root = tmp_path / arch
-        shutil.copytree(fitted_once[arch], root)
-        return Workspace(load_project(explicit=root), RecordingReporter())
-
-    return copy
+    return lambda variant: copied_workspace(fitted_once[variant], tmp_path / variant.replace(" ", "-"))
 
 
 @pytest.mark.slow
