@@ -37,11 +37,17 @@ def _fixed(*names: str):
     return lambda settings: names
 
 
+def _left_out_while_off(settings, *keys: str) -> tuple[str, ...]:
+    """Keys added after stages had been fitted: out of the fingerprint while off, so that those stay up to date."""
+    return tuple(f"-{key}" for key in keys if not lookup(settings, key))
+
+
 def _tokenizer_settings(settings) -> tuple[str, ...]:
     kind = TOKENIZERS[settings.tokenizer.kind]
     keys = ["tokenizer.kind", "tokenizer.levels", "tokenizer.codebook_size", "tokenizer.kmeans_iters", "project.seed"]
     keys += [f"tokenizer.{table}" for table in kind.reads]
-    return (*keys, *(f"-tokenizer.{key}" for key in _HOW_LONG))
+    return (*keys, *(f"-tokenizer.{key}" for key in _HOW_LONG),
+            *_left_out_while_off(settings, "tokenizer.train.ema_decay"))
 
 
 def _tokenizer_upstream(settings) -> tuple[str, ...]:
@@ -49,15 +55,15 @@ def _tokenizer_upstream(settings) -> tuple[str, ...]:
 
 
 def _retriever_settings(settings) -> tuple[str, ...]:
-    keys = ("retriever", "project.seed", "-retriever.device", "-retriever.compile",
-            *(f"-retriever.{key}" for key in _HOW_LONG))
-    # added after retrievers had been trained: left out while off, so that those stay up to date
-    return keys if settings.retriever.item_embeddings else (*keys, "-retriever.item_embeddings")
+    return ("retriever", "project.seed", "-retriever.device", "-retriever.compile",
+            *(f"-retriever.{key}" for key in _HOW_LONG),
+            *_left_out_while_off(settings, "retriever.item_embeddings", "retriever.train.ema_decay"))
 
 
 def _baseline_settings(settings) -> tuple[str, ...]:
     return ("baselines.sasrec", "project.seed", "-baselines.sasrec.device",
-            *(f"-baselines.sasrec.{key}" for key in _HOW_LONG))
+            *(f"-baselines.sasrec.{key}" for key in _HOW_LONG),
+            *_left_out_while_off(settings, "baselines.sasrec.train.ema_decay"))
 
 
 def _eval_upstream(settings) -> tuple[str, ...]:

@@ -12,11 +12,15 @@ the rank's share of the global batch, the loss goes through DistributedDataParal
 mean over the global batch (weighted by `count`), validation is sharded by the task, and rank 0
 alone writes checkpoints. Each rank's dropout is seeded by the step, so resume stays exact there too.
 
-Checkpoints are safetensors files (no pickles): tensors for the weights, the optimizer state and
-the RNG, JSON metadata for the rest, and the fingerprint of the stage's settings and inputs; a
-checkpoint whose fingerprint differs is not resumed.
+With `ema_decay` set, the loop also keeps an exponential moving average of the weights (`WeightAverage`):
+validation scores the average, and the best average is what training leaves in the model.
+
+Checkpoints are safetensors files (no pickles): tensors for the weights, the optimizer state, the
+weight average and the RNG, JSON metadata for the rest, and the fingerprint of the stage's settings
+and inputs; a checkpoint whose fingerprint differs is not resumed.
 """
 
+import contextlib
 import json
 import math
 import time
@@ -51,6 +55,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True  # bf16 autocast, on CUDA only
     max_seconds: float = 0.0  # stop (validating and checkpointing first) after this much training time; 0: no limit
+    ema_decay: float = 0.0  # 0: validate and keep the weights themselves; else their moving average (WeightAverage)
     description: str = "training"
 
     @classmethod
@@ -59,7 +64,7 @@ class TrainConfig:
         return cls(
             steps=block.steps, lr=block.lr, weight_decay=block.weight_decay, warmup_steps=block.warmup_steps,
             schedule=block.schedule, grad_clip=block.grad_clip, checkpoint_every=block.checkpoint_every,
-            max_seconds=block.max_minutes * 60, **rest,
+            max_seconds=block.max_minutes * 60, ema_decay=block.ema_decay, **rest,
         )
 
 
@@ -115,15 +120,64 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights, updated after every step:
+
+        w_avg <- d * w_avg + (1 - d) * w,    d = min(decay, (1 + t) / (10 + t)) at step t,
+
+    the second term so that the average forgets the initial weights within the first steps. Where the
+    validation score plateaus while the weights keep moving, the average of the last ~1 / (1 - decay)
+    steps (Polyak averaging) usually ranks better than the last step's weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.weights = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.weights]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for average, weight in zip(self.average, self.weights):
+            average.lerp_(weight.detach(), 1 - d)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Inside the block the model's weights are the average; after it, their own values again."""
+        own = [p.detach().clone() for p in self.weights]
+        self.copy_into_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for weight, value in zip(self.weights, own):
+                    weight.copy_(value)
+
+    @torch.no_grad()
+    def copy_into_model(self) -> None:
+        for weight, average in zip(self.weights, self.average):
+            weight.copy_(average)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"average.{i}": a.detach().to("cpu", copy=True) for i, a in enumerate(self.average)}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        for i, a in enumerate(self.average):
+            a.copy_(tensors[f"average.{i}"])
+
+
 def _state_tensors(model: torch.nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
     # clone: tied weights share storage, which safetensors refuses to save twice
     return {prefix + k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(path: Path, model, optimizer, fingerprint: str, progress: dict) -> None:
+def save_checkpoint(path: Path, model, optimizer, fingerprint: str, progress: dict,
+                    average: WeightAverage | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = _state_tensors(model)
+    if average is not None:
+        tensors.update(average.tensors())
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
         for name, value in slots.items():
@@ -140,8 +194,8 @@ def save_checkpoint(path: Path, model, optimizer, fingerprint: str, progress: di
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore weights, optimizer and RNG; return the saved progress (step, history, best ...)."""
+def load_checkpoint(path: Path, model, optimizer, average: WeightAverage | None = None) -> dict:
+    """Restore weights, optimizer, weight average and RNG; return the saved progress (step, history, best ...)."""
     from safetensors import safe_open
 
     device = next(model.parameters()).device
@@ -155,6 +209,8 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    if average is not None:
+        average.load(tensors)
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
@@ -187,6 +243,7 @@ class Trainer:
         self.model = task.model
         self.device = next(self.model.parameters()).device
         self.optimizer = _optimizer(self.model, config)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.validate_fn = getattr(task, "validate", None)
         self.after_step = getattr(task, "after_step", None)
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -204,7 +261,7 @@ class Trainer:
         """Continue from the last checkpoint when it was made for the same fingerprint; else start over."""
         if resume and self.last_path.exists():
             if checkpoint_fingerprint(self.last_path) == self.fingerprint:
-                self.progress = load_checkpoint(self.last_path, self.model, self.optimizer)
+                self.progress = load_checkpoint(self.last_path, self.model, self.optimizer, self.average)
                 self.reporter.info(f"resuming {self.config.description} from its checkpoint at step {self.progress['step']}")
             else:
                 self.reporter.warn(f"{self.last_path} was made with other settings or inputs: starting from scratch")
@@ -233,6 +290,8 @@ class Trainer:
         if self.after_step is not None:
             with torch.no_grad():
                 self.after_step(step, batch)
+        if self.average is not None:
+            self.average.update(step)
         self.progress["step"] = step + 1
         return loss, {**parts, "lr": lr}
 
@@ -257,23 +316,29 @@ class Trainer:
             bar.show(**means)
             self.running = {}
 
+    def averaged(self):
+        """A block in which the model holds the weights that are validated and kept: the average if there is one."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
+
     def validate(self) -> None:
         """Validate; keep the best weights; count validations without improvement for early stopping."""
         from safetensors.torch import save_file
 
-        self.model.eval()
-        with torch.no_grad(), self.autocast:
-            metrics = {k: float(v) for k, v in self.validate_fn().items()}
-        self.model.train()
         progress = self.progress
-        progress["history"].append({"step": progress["step"], **{f"valid_{k}": v for k, v in metrics.items()}})
-        best = progress["best"]
-        if best is None or metrics["score"] > best["score"]:
-            progress["best"] = {"step": progress["step"], **metrics}
-            progress["bad_validations"] = 0
-            if self.main:
+        with self.averaged():
+            self.model.eval()
+            with torch.no_grad(), self.autocast:
+                metrics = {k: float(v) for k, v in self.validate_fn().items()}
+            self.model.train()
+            best = progress["best"]
+            improved = best is None or metrics["score"] > best["score"]
+            if improved and self.main:
                 with atomic_path(self.best_path) as tmp:
                     save_file(_state_tensors(self.model, ""), str(tmp))
+        progress["history"].append({"step": progress["step"], **{f"valid_{k}": v for k, v in metrics.items()}})
+        if improved:
+            progress["best"] = {"step": progress["step"], **metrics}
+            progress["bad_validations"] = 0
         else:
             progress["bad_validations"] += 1
         self.reporter.info(
@@ -315,12 +380,13 @@ class Trainer:
         if progress["step"] % config.checkpoint_every == 0 or done or progress["stopped_early"]:
             if self.main:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(self.last_path, self.model, self.optimizer, self.fingerprint, progress)
+                save_checkpoint(self.last_path, self.model, self.optimizer, self.fingerprint, progress, self.average)
             self.last_saved = progress["step"]
         return out_of_time
 
     def finish(self, out_of_time: bool) -> None:
-        """Say why training stopped, and leave the best validated weights in the model."""
+        """Say why training stopped, and leave the best validated weights in the model (without validation:
+        the weight average, if there is one)."""
         from safetensors.torch import load_file
 
         if out_of_time:
@@ -332,6 +398,8 @@ class Trainer:
         best_saved = self.progress["best"] is not None and self.best_path.exists()
         if self.main and self.validate_fn is not None and best_saved:  # other ranks write nothing: they keep the last
             self.model.load_state_dict(load_file(str(self.best_path), device=str(self.device)))
+        elif self.average is not None:
+            self.average.copy_into_model()
 
 
 def train(task, config: TrainConfig, checkpoint_dir: Path, fingerprint: str, reporter: Reporter | None = None,

@@ -83,13 +83,27 @@ def test_decoding_settings_never_touch_the_retriever_fingerprint(key, value):
     assert after["eval"] != before["eval"] or key == "eval.batch_size"
 
 
-def test_a_retriever_trained_before_item_embeddings_existed_stays_up_to_date():
+@pytest.mark.parametrize("stage, key, on", [
+    ("fit-retriever", "retriever.item_embeddings", True),
+    ("fit-retriever", "retriever.train.ema_decay", 0.999),
+    ("fit-baseline", "baselines.sasrec.train.ema_decay", 0.999),
+    ("fit-tokenizer", "tokenizer.train.ema_decay", 0.999),
+])
+def test_what_was_fitted_before_a_setting_existed_stays_up_to_date(stage, key, on):
     settings = preset_settings("demo")
-    older = stage_settings(settings, "fit-retriever")
-    older["retriever"] = {k: v for k, v in older["retriever"].items() if k != "item_embeddings"}
-    assert stage_settings(settings, "fit-retriever") == older  # off: the digest of a file written before the setting
-    settings.retriever.item_embeddings = True
-    assert stage_settings(settings, "fit-retriever")["retriever"]["item_embeddings"] is True
+    *tables, last = key.split(".")
+
+    def fingerprinted_table():  # the stage's settings are keyed by their tables' dotted paths
+        chosen = stage_settings(settings, stage)
+        owner = max((k for k in chosen if key.startswith(k + ".")), key=len)
+        table = chosen[owner]
+        for part in key[len(owner) + 1:].split(".")[:-1]:
+            table = table[part]
+        return table
+
+    assert last not in fingerprinted_table()  # off: the settings (and digest) of a file written before the setting
+    setattr(lookup(settings, ".".join(tables)), last, on)
+    assert fingerprinted_table()[last] == on
 
 
 @pytest.mark.parametrize("kind, key, stale", [

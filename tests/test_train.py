@@ -39,9 +39,10 @@ def config(steps, **kw):
     return TrainConfig(steps=steps, lr=1e-2, warmup_steps=2, schedule="cosine", checkpoint_every=5, **kw)
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_matches_uninterrupted_run(tmp_path, ema_decay):
     whole = RegressionTask()
-    train(whole, config(12), tmp_path / "a", "fp")
+    train(whole, config(12, ema_decay=ema_decay), tmp_path / "a", "fp")
 
     interrupted = RegressionTask()
     with pytest.raises(KeyboardInterrupt):
@@ -53,9 +54,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
             return original(batch)
 
         interrupted.loss = loss_then_interrupt
-        train(interrupted, config(12), tmp_path / "b", "fp")
+        train(interrupted, config(12, ema_decay=ema_decay), tmp_path / "b", "fp")
     resumed = RegressionTask(seed=123)  # different initial weights: all must come from the checkpoint
-    result = train(resumed, config(12), tmp_path / "b", "fp")
+    result = train(resumed, config(12, ema_decay=ema_decay), tmp_path / "b", "fp")
     assert result.steps == 12
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -105,3 +106,54 @@ def test_time_limit_stops_with_a_validated_checkpoint(tmp_path):
     result = train(task, config(1000, max_seconds=1e-9), tmp_path, "fp")
     assert result.steps == 1 and result.best == {"step": 1, "score": 0.3}
     assert (tmp_path / "last.safetensors").exists()
+
+
+class RecordingTask(ValidatedTask):
+    """Records the weights after every step, and the weights that validation sees."""
+
+    def __init__(self, scores=()):
+        super().__init__(scores=scores)
+        self.initial = [p.detach().clone() for p in self.model.parameters()]
+        self.trajectory, self.validated = [], []
+
+    def after_step(self, step, batch):
+        self.trajectory.append([p.detach().clone() for p in self.model.parameters()])
+
+    def validate(self):
+        self.validated.append([p.detach().clone() for p in self.model.parameters()])
+        return super().validate()
+
+
+def moving_average(initial, trajectory, decay):
+    average = [w.clone() for w in initial]
+    for step, weights in enumerate(trajectory):
+        d = min(decay, (1 + step) / (10 + step))
+        average = [d * a + (1 - d) * w for a, w in zip(average, weights)]
+    return average
+
+
+def test_weight_average_is_validated_and_kept_without_changing_the_training_path(tmp_path):
+    plain = RecordingTask(scores=[0.1, 0.2, 0.3])
+    train(plain, config(15, eval_every=5), tmp_path / "plain", "fp")
+    averaged = RecordingTask(scores=[0.1, 0.3, 0.2])  # best at step 10
+    result = train(averaged, config(15, eval_every=5, ema_decay=0.8), tmp_path / "averaged", "fp")
+
+    for a, b in zip(plain.trajectory, averaged.trajectory):  # the optimizer follows the weights themselves
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for step, seen in zip([5, 10, 15], averaged.validated):
+        expected = moving_average(averaged.initial, averaged.trajectory[:step], 0.8)
+        assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(seen, expected))
+        assert not all(torch.allclose(x, y) for x, y in zip(seen, averaged.trajectory[step - 1]))
+    assert result.best["step"] == 10
+    kept = list(averaged.model.parameters())  # the best validated average, not the last weights
+    assert all(torch.allclose(x, y) for x, y in zip(kept, averaged.validated[1]))
+
+
+def test_weight_average_is_kept_when_nothing_validates(tmp_path):
+    task = RegressionTask()
+    trajectory = []
+    task.after_step = lambda step, batch: trajectory.append([p.detach().clone() for p in task.model.parameters()])
+    initial = [p.detach().clone() for p in task.model.parameters()]
+    train(task, config(12, ema_decay=0.9), tmp_path, "fp")
+    expected = moving_average(initial, trajectory, 0.9)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(task.model.parameters(), expected))

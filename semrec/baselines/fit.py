@@ -65,10 +65,9 @@ class SASRecTask:
         index = epoch_indices(len(self.sequences), self.batch_size, step, self.seed, drop_last=False)
         index = index[distributed.share(len(index))]
         self.targets_seen += self.sequences.targets_in(index)
-        index = index[torch.argsort(self.sequences.window_lengths(index), stable=True)]
         pieces = []
-        for part in index.chunk(self.pieces):
-            items, targets, _ = self.sequences.training_items(part)
+        for rows in self.sequences.pieces_by_length(index, self.pieces):
+            items, targets, _ = self.sequences.training_items(index[rows])
             pieces.append((items.to(self.device), targets.to(self.device)))
         negatives = None
         if self.model.cfg.loss == "sampled":

@@ -156,6 +156,13 @@ class Sequences:
     def window_lengths(self, index: Tensor) -> Tensor:
         return self.window_end[index] - self.window_start[index] + 1
 
+    def pieces_by_length(self, index: Tensor, pieces: int) -> tuple[Tensor, ...]:
+        """Positions into the windows `index`, in `pieces` runs of similar length (sorted by it when
+        pieces > 1): each run padded to its own longest window pads far less than the whole batch would."""
+        if pieces == 1:
+            return (torch.arange(len(index)),)
+        return torch.argsort(self.window_lengths(index), stable=True).chunk(pieces)
+
     def training_items(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Windows `index` (B,) -> item ids (B, n) left-padded with -1, which are targets (B, n), user rows (B,)."""
         end = self.window_end[index]
@@ -241,13 +248,10 @@ class Batches:
         rank's share (semrec.distributed.share) gets the draws one process would give it."""
         drop = torch.rand(len(index), generator=torch.Generator().manual_seed(self.seed * 7919 + step)) < USER_DROPOUT
         index, drop = index[share], drop[share]
-        if self.pieces > 1:
-            order = torch.argsort(self.sequences.window_lengths(index), stable=True)
-            index, drop = index[order], drop[order]
         batches = []
-        for part, dropped in zip(index.chunk(self.pieces), drop.chunk(self.pieces)):
-            items, targets, user_row = self.sequences.training_items(part)
-            user = torch.where(dropped, -1, self.sequences.bins[user_row])
+        for rows in self.sequences.pieces_by_length(index, self.pieces):
+            items, targets, user_row = self.sequences.training_items(index[rows])
+            user = torch.where(drop[rows], -1, self.sequences.bins[user_row])
             batches.append(self._batch(items, user, targets, self.sequences.max_seq_len + 1))
         return batches
 
