@@ -149,14 +149,15 @@ class WeightAverage:
         try:
             yield
         finally:
-            with torch.no_grad():
-                for weight, value in zip(self.weights, own):
-                    weight.copy_(value)
+            self._set_weights(own)
+
+    def copy_into_model(self) -> None:
+        self._set_weights(self.average)
 
     @torch.no_grad()
-    def copy_into_model(self) -> None:
-        for weight, average in zip(self.weights, self.average):
-            weight.copy_(average)
+    def _set_weights(self, values: list[torch.Tensor]) -> None:
+        for weight, value in zip(self.weights, values):
+            weight.copy_(value)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f"average.{i}": a.detach().to("cpu", copy=True) for i, a in enumerate(self.average)}
