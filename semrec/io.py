@@ -132,12 +132,18 @@ def write_parquet(frame, path: Path) -> None:
         frame.write_parquet(tmp)
 
 
+def cpu_copies(tensors: dict, prefix: str = "") -> dict:
+    """Contiguous CPU copies of `tensors`, keys prefixed: what safetensors saves. Copies, because tied
+    weights share storage, which safetensors refuses to save twice."""
+    return {prefix + k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
 def write_weights(path: Path, state: dict, metadata: dict) -> None:
     """A model's tensors (copied to the CPU) and metadata (each value as JSON) in one safetensors file,
     written atomically: what `read_weights` gives back."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    tensors = cpu_copies(state)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
 

@@ -33,7 +33,7 @@ import torch
 from semrec import distributed
 from semrec.device import autocast as device_autocast
 from semrec.errors import StageFailed
-from semrec.io import atomic_path
+from semrec.io import atomic_path, cpu_copies, write_weights
 from semrec.report import Reporter
 
 LAST = "last.safetensors"
@@ -160,23 +160,18 @@ class WeightAverage:
             weight.copy_(value)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"average.{i}": a.detach().to("cpu", copy=True) for i, a in enumerate(self.average)}
+        return cpu_copies({str(i): a for i, a in enumerate(self.average)}, "average.")
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         for i, a in enumerate(self.average):
             a.copy_(tensors[f"average.{i}"])
 
 
-def _state_tensors(model: torch.nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor]:
-    # clone: tied weights share storage, which safetensors refuses to save twice
-    return {prefix + k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-
-
 def save_checkpoint(path: Path, model, optimizer, fingerprint: str, progress: dict,
                     average: WeightAverage | None = None) -> None:
     from safetensors.torch import save_file
 
-    tensors = _state_tensors(model)
+    tensors = cpu_copies(model.state_dict(), "model.")
     if average is not None:
         tensors.update(average.tensors())
     opt = optimizer.state_dict()
@@ -323,8 +318,6 @@ class Trainer:
 
     def validate(self) -> None:
         """Validate; keep the best weights; count validations without improvement for early stopping."""
-        from safetensors.torch import save_file
-
         progress = self.progress
         with self.averaged():
             self.model.eval()
@@ -334,8 +327,7 @@ class Trainer:
             best = progress["best"]
             improved = best is None or metrics["score"] > best["score"]
             if improved and self.main:
-                with atomic_path(self.best_path) as tmp:
-                    save_file(_state_tensors(self.model, ""), str(tmp))
+                write_weights(self.best_path, self.model.state_dict(), {})
         progress["history"].append({"step": progress["step"], **{f"valid_{k}": v for k, v in metrics.items()}})
         if improved:
             progress["best"] = {"step": progress["step"], **metrics}

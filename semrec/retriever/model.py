@@ -325,17 +325,21 @@ class Retriever(nn.Module):
     # -- embeddings ------------------------------------------------------------------------------
     def set_items(self, codes: Tensor) -> None:
         """Give each item of `codes` (N, L+1) its ID embedding: row r for the r-th smallest whole ID."""
-        keys = (codes.to(self.id_strides.device) * self.id_strides).sum(-1).sort().values
+        keys = self._whole_ids(codes.to(self.id_strides.device)).sort().values
         if len(keys) != self.cfg.item_ids:
             raise ValueError(f"the model has {self.cfg.item_ids} item ID embeddings, got {len(keys)} items")
         if bool((keys[1:] == keys[:-1]).any()):
             raise ValueError("two items share one whole semantic ID")
         self.item_keys.copy_(keys)
 
+    def _whole_ids(self, codes: Tensor) -> Tensor:
+        """Codes (..., L+1) -> each item's whole semantic ID as one number (padding, -1, counts as 0)."""
+        return (codes.clamp(min=0) * self.id_strides).sum(-1)
+
     def _item_rows(self, items: Tensor) -> Tensor:
         """(B, n, L+1) items -> (B, n) the row of each one's ID embedding; the empty last row for padding
         and for items without one (tokenized after training)."""
-        keys = (items.clamp(min=0) * self.id_strides).sum(-1)
+        keys = self._whole_ids(items)
         row = torch.searchsorted(self.item_keys, keys).clamp(max=self.cfg.item_ids - 1)
         known = (self.item_keys[row] == keys) & (items[..., 0] >= 0)
         return torch.where(known, row, self.cfg.item_ids)
