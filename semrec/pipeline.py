@@ -57,7 +57,8 @@ def _tokenizer_upstream(settings) -> tuple[str, ...]:
 def _retriever_settings(settings) -> tuple[str, ...]:
     return ("retriever", "project.seed", "-retriever.device", "-retriever.compile",
             *(f"-retriever.{key}" for key in _HOW_LONG),
-            *_left_out_while_off(settings, "retriever.item_embeddings", "retriever.train.ema_decay"))
+            *_left_out_while_off(settings, "retriever.item_embeddings", "retriever.tie_head",
+                                 "retriever.trie_softmax", "retriever.train.ema_decay"))
 
 
 def _baseline_settings(settings) -> tuple[str, ...]:

@@ -249,6 +249,13 @@ class RetrieverSettings:
     item_embeddings: bool = setting(
         False, "Add a learned embedding of each item's ID to the last token of every history item (IDs in, "
                "semantic IDs out; items tokenized after training read without one).")
+    tie_head: bool = setting(
+        False, "The output head scores each code by the same embedding that reads it as input (tied weights, "
+               "plus a bias per code).")
+    trie_softmax: bool = setting(
+        False, "Limit each target token's softmax to the tokens that continue a real item's ID (the catalogue's "
+               "trie), in training and in decoding: the model learns the distribution over items that beam "
+               "search ranks by.")
     eval_every: int = setting(1000, "Validate (Recall@10, NDCG@10 on the validation targets) every N steps.", min=1)
     patience: int = setting(5, "Stop after this many validations without improvement (0 = never).", min=0)
     valid_users: int = setting(0, "Validate on this many users, a fixed sample (0 = all).", min=0)

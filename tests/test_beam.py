@@ -22,13 +22,16 @@ def catalogue(n: int, levels: int = 2, size: int = 4, seed: int = 0) -> torch.Te
     return torch.cat([codes, dedup[:, None]], 1)
 
 
-def tiny_model(arch: str, ids: torch.Tensor, size: int = 4, item_ids: bool = False) -> Retriever:
+def tiny_model(arch: str, ids: torch.Tensor, size: int = 4, item_ids: bool = False,
+               trie_softmax: bool = False) -> Retriever:
     torch.manual_seed(0)
     cfg = RetrieverConfig(arch=arch, levels=ids.shape[1] - 1, codebook_size=size,
                           collision_size=int(ids[:, -1].max()) + 1, user_bins=3, max_seq_len=3, d_model=16, heads=2,
                           head_dim=8, encoder_layers=1, decoder_layers=1, ff_dim=32, dropout=0.0,
-                          item_ids=len(ids) if item_ids else 0)
+                          item_ids=len(ids) if item_ids else 0, trie_softmax=trie_softmax)
     model = build_retriever(cfg, ids).eval()
+    if trie_softmax:
+        model.use_trie(ItemTrie(ids, torch.arange(len(ids)), cfg.level_sizes))
     with torch.no_grad():  # sharper than the initialisation, so that the ranking is not a near tie
         model.head.weight.mul_(40)
         if item_ids:
@@ -57,17 +60,29 @@ def exhaustive_scores(model: Retriever, ids: torch.Tensor, history: torch.Tensor
     return logp.sum(0).view(b, n)
 
 
-@pytest.mark.parametrize("item_ids", [False, True])
+@pytest.mark.parametrize("item_ids, trie_softmax", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_beam_search_equals_exhaustive_search_on_tiny_model(arch, item_ids):
+def test_beam_search_equals_exhaustive_search_on_tiny_model(arch, item_ids, trie_softmax):
     ids = catalogue(40)
-    model = tiny_model(arch, ids, item_ids=item_ids)
+    model = tiny_model(arch, ids, item_ids=item_ids, trie_softmax=trie_softmax)
     trie = ItemTrie(ids, torch.arange(len(ids)), model.cfg.level_sizes)
     history, user = histories(ids)
     ranked = beam_search(model, trie, history, user, k=10, beam_size=len(ids))
     best = exhaustive_scores(model, ids, history, user).topk(10, dim=1)
     assert torch.equal(ranked.items, best.indices)
     torch.testing.assert_close(ranked.scores, best.values, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trie_softmax_is_a_distribution_over_the_catalogue(arch):
+    """Limited to the trie, the item probabilities of every history sum to one; over the whole
+    vocabulary part of the mass goes to IDs no item has."""
+    ids = catalogue(40, levels=3, size=4)
+    history, user = histories(ids)
+    limited = exhaustive_scores(tiny_model(arch, ids, trie_softmax=True), ids, history, user).exp().sum(1)
+    whole = exhaustive_scores(tiny_model(arch, ids), ids, history, user).exp().sum(1)
+    torch.testing.assert_close(limited, torch.ones(len(history)))
+    assert bool((whole < 0.9).all())
 
 
 @pytest.mark.parametrize("arch", ARCHS)

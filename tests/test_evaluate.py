@@ -121,13 +121,15 @@ VARIANTS = {
     "encoder-decoder": {"retriever.arch": "encoder-decoder"},
     "decoder-only": {"retriever.arch": "decoder-only"},
     "decoder-only with item IDs": {"retriever.arch": "decoder-only", "retriever.item_embeddings": True},
+    "decoder-only, trie softmax, tied head": {"retriever.arch": "decoder-only", "retriever.item_embeddings": True,
+                                              "retriever.trie_softmax": True, "retriever.tie_head": True},
 }
 
 
 @pytest.fixture(scope="module")
 def fitted_once(tmp_path_factory) -> dict[str, Path]:
-    """One tiny retriever per architecture (and one that reads item IDs), trained once for this module
-    through the stage runner."""
+    """One tiny retriever per architecture (and ones that read item IDs, one with the trie softmax and a
+    tied head), trained once for this module through the stage runner."""
     roots = {}
     with pytest.MonkeyPatch.context() as patch:
         use_synthetic_tokenizer(patch)

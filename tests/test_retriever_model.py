@@ -55,12 +55,12 @@ def with_item_ids(cfg: RetrieverConfig, batch: Batch) -> tuple[RetrieverConfig, 
     return dataclasses.replace(cfg, item_ids=len(known)), known
 
 
-@pytest.mark.parametrize("item_ids", [False, True])
+@pytest.mark.parametrize("item_ids, tie_head", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("beams", [1, 3])
-def test_decoding_steps_equal_teacher_forced_logits(arch, beams, item_ids):
+def test_decoding_steps_equal_teacher_forced_logits(arch, beams, item_ids, tie_head):
     torch.manual_seed(0)
-    cfg = tiny_config(arch)
+    cfg = tiny_config(arch, tie_head=tie_head)
     batch = random_batch(cfg)
     codes = None
     if item_ids:
@@ -110,6 +110,53 @@ def test_training_loss_is_cross_entropy_over_each_positions_own_tokens():
     assert abs(float(out.loss) - float(expected)) < 0.3
 
 
+def test_a_tied_head_scores_each_code_by_its_input_embedding():
+    cfg = tiny_config("decoder-only", tie_head=True)
+    model = build_retriever(cfg)
+    assert not hasattr(model, "head")
+    h = torch.randn(6, cfg.d_model, generator=torch.Generator().manual_seed(0))
+    for p, size in enumerate(cfg.level_sizes):
+        first = int(model.token_offset[p])  # token id of code 0 at position p
+        lo = first - 3  # where position p's codes start among the item tokens (after PAD, BOS, reserved)
+        expected = h @ model.tokens.weight[first : first + size].T + model.head_bias[lo : lo + size]
+        torch.testing.assert_close(model._position_logits(h, p), expected)
+
+
+def test_trie_softmax_and_label_smoothing_train_with_finite_gradients():
+    from semrec.retriever.beam import ItemTrie
+
+    torch.manual_seed(0)
+    cfg = tiny_config("encoder-decoder", trie_softmax=True, label_smoothing=0.1, dropout=0.1)
+    batch = random_batch(cfg)
+    model = build_retriever(cfg).train()
+    catalogue = batch.items[batch.items[..., 0] >= 0].unique(dim=0)
+    model.use_trie(ItemTrie(catalogue, torch.arange(len(catalogue)), cfg.level_sizes))
+    loss = model(batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+    outside = batch.items.clone()
+    outside[0, -1] = torch.tensor([cfg.codebook_size - 1] * cfg.levels + [cfg.collision_size - 1])
+    if not bool((catalogue == outside[0, -1]).all(1).any()):
+        with pytest.raises(ValueError, match="not in the trie"):
+            model(Batch(outside, batch.user, batch.targets))
+
+
+def test_label_smoothing_spreads_mass_over_the_tokens_still_possible():
+    """Over a whole vocabulary it is torch's label smoothing; tokens ruled out (-inf) get none of it."""
+    from semrec.retriever.model import smoothed_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(6, 5, generator=g), torch.tensor([0, 1, 2, 3, 4, 0])
+    torch.testing.assert_close(smoothed_cross_entropy(logits, target, 0.1),
+                               torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1))
+    limited = logits.clone()
+    limited[:, 3:][target[:, None].expand(-1, 2) < 3] = float("-inf")  # rows whose target is 0-2 keep 0-2
+    rows = target < 3
+    torch.testing.assert_close(smoothed_cross_entropy(limited[rows], target[rows], 0.1),
+                               torch.nn.functional.cross_entropy(logits[rows, :3], target[rows], label_smoothing=0.1))
+
+
 def test_decoder_only_has_a_comparable_parameter_count_at_the_published_size():
     sizes = dict(levels=3, codebook_size=256, collision_size=10, user_bins=2000, max_seq_len=20)
     enc_dec = build_retriever(RetrieverConfig(arch="encoder-decoder", **sizes)).num_params()
@@ -117,10 +164,10 @@ def test_decoder_only_has_a_comparable_parameter_count_at_the_published_size():
     assert 0.75 < dec / enc_dec < 1.0
 
 
-@pytest.mark.parametrize("item_ids", [False, True])
-def test_checkpoint_rebuilds_the_model(tmp_path, item_ids):
+@pytest.mark.parametrize("item_ids, tie_head", [(False, False), (True, False), (False, True)])
+def test_checkpoint_rebuilds_the_model(tmp_path, item_ids, tie_head):
     torch.manual_seed(0)
-    cfg = tiny_config("encoder-decoder")
+    cfg = tiny_config("encoder-decoder", tie_head=tie_head)
     batch = random_batch(cfg)
     codes = None
     if item_ids:

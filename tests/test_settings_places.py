@@ -85,6 +85,8 @@ def test_decoding_settings_never_touch_the_retriever_fingerprint(key, value):
 
 @pytest.mark.parametrize("stage, key, on", [
     ("fit-retriever", "retriever.item_embeddings", True),
+    ("fit-retriever", "retriever.tie_head", True),
+    ("fit-retriever", "retriever.trie_softmax", True),
     ("fit-retriever", "retriever.train.ema_decay", 0.999),
     ("fit-baseline", "baselines.sasrec.train.ema_decay", 0.999),
     ("fit-tokenizer", "tokenizer.train.ema_decay", 0.999),

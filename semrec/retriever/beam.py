@@ -7,8 +7,9 @@ table maps straight to item ids. A beam step is then a gather, a mask and one to
 users, with no Python loop over beams or users.
 
 Scores are sums of the model's log-probabilities of each token over its position's vocabulary (not
-renormalised over the valid tokens), so a beam wide enough to hold every prefix returns exactly the
-K items of highest sequence log-likelihood.
+renormalised over the valid tokens; with a trie_softmax model, over the valid tokens only, as it was
+trained), so a beam wide enough to hold every prefix returns exactly the K items of highest sequence
+log-likelihood.
 """
 
 from typing import NamedTuple
@@ -43,6 +44,19 @@ class ItemTrie:
             self.tables.append(table.to(device))
             parent = child
         self.size = len(codes)
+
+    def allowed(self, codes: Tensor) -> list[Tensor]:
+        """Codes (M, L+1) of catalogue items -> per position p, (M, V_p) bool: the tokens that continue
+        each item's first p tokens to some catalogue item."""
+        state = torch.zeros(len(codes), dtype=torch.long, device=codes.device)
+        allowed = []
+        for p, table in enumerate(self.tables):
+            row = table[state]  # (M, V_p)
+            allowed.append(row >= 0)
+            state = row.gather(1, codes[:, p : p + 1])[:, 0]
+            if bool((state < 0).any()):
+                raise ValueError("a target's semantic ID is not in the trie: it is no item of the catalogue")
+        return allowed
 
 
 class Ranked(NamedTuple):
@@ -81,8 +95,11 @@ def beam_search(model, trie: ItemTrie, history: Tensor, user: Tensor, k: int, be
     prefix = torch.zeros(b, 1, 0, dtype=torch.long, device=device)  # (B, w, p)
     last = len(trie.tables) - 1
     for p, table in enumerate(trie.tables):
-        logp = torch.log_softmax(model.step_logits(context, prefix), dim=-1)  # (B, w, V_p)
         nxt = table[states.clamp(min=0)]  # (B, w, V_p)
+        logits = model.step_logits(context, prefix)  # (B, w, V_p)
+        if model.cfg.trie_softmax:
+            logits = logits.masked_fill(nxt < 0, float("-inf"))
+        logp = torch.log_softmax(logits, dim=-1)
         allowed = (nxt >= 0) & (states >= 0)[..., None]
         if p == last and exclude is not None:
             allowed &= ~exclude.gather(1, nxt.clamp(min=0).flatten(1)).view_as(nxt)

@@ -99,6 +99,7 @@ def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
     # on a GPU one large batch is fastest (fixed shapes when compiled); on a CPU, less padding is
     batches = Batches(ids, sequences, device, seed, pieces=1 if device.type == "cuda" else 4, trim=not compiled)
     trie = ItemTrie(ids.codes, torch.arange(len(ids.codes)), config.level_sizes, device)
+    model.use_trie(trie)
     task = RetrieverTask(model, batches, trie, s.train.batch_size, seed, s.valid_beam_size, s.valid_users,
                          ws.settings.eval.batch_size)
     if compiled:
@@ -216,6 +217,7 @@ def load_trained(ws, device: torch.device) -> Trained:
     decodable = ids.codes[:, -1] < collisions
     rows = torch.nonzero(decodable)[:, 0]
     trie = ItemTrie(ids.codes[rows], rows, model.cfg.level_sizes, device)
+    model.use_trie(trie)  # a trie_softmax model's loss and decoding: over the items it can generate now
     codes = ids.codes.clone()
     codes[:, -1].clamp_(max=collisions - 1)
     return Trained(model=model, config=config, ids=dataclasses.replace(ids, codes=codes), trie=trie, device=device,

@@ -29,6 +29,12 @@ learned embedding of the item itself, found from its whole semantic ID: IDs in, 
 The last token is the one that predicts the next item, so no target reads its own ID; an item
 tokenized after training has no row and reads as its tokens alone.
 
+With `trie_softmax`, each target token's softmax runs over the tokens that continue its prefix to
+some catalogue item (the beam search's trie), in training and in decoding alike: the model then
+learns p(item) = prod_p p(token_p | history, earlier tokens, valid continuations), a distribution
+over the catalogue's items, which is what constrained beam search ranks by. Without it the
+softmax runs over every token of the position, and mass on IDs no item has is lost to the ranking.
+
 The architectures are registered in `semrec.registry.ARCHITECTURES`, one module each, as subclasses
 of `Retriever` that implement `forward`, `start` and `step_logits` (all that beam.py uses):
 - "encoder-decoder" (TIGER, encoder_decoder.py): the encoder reads the user token and the history,
@@ -78,6 +84,8 @@ class RetrieverConfig:
     dropout: float = 0.1
     label_smoothing: float = 0.0
     item_ids: int = 0  # items with a learned ID embedding (0 = none)
+    tie_head: bool = False  # the output head is the code tokens' input embeddings (and a bias)
+    trie_softmax: bool = False  # softmax over the tokens that continue a catalogue item's prefix only
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -92,6 +100,7 @@ class RetrieverConfig:
             heads=settings.heads, head_dim=settings.head_dim, encoder_layers=settings.encoder_layers,
             decoder_layers=settings.decoder_layers, ff_dim=settings.ff_dim, dropout=settings.dropout,
             label_smoothing=settings.label_smoothing, item_ids=len(ids.codes) if settings.item_embeddings else 0,
+            tie_head=settings.tie_head, trie_softmax=settings.trie_softmax,
         )
 
     @property
@@ -278,7 +287,10 @@ class Retriever(nn.Module):
         self.drop = Dropout(cfg.dropout)
         self.build_layers(cfg)
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, cfg.item_vocab)
+        if cfg.tie_head:  # the code and collision tokens' own input embeddings score them
+            self.head_bias = nn.Parameter(torch.zeros(cfg.item_vocab))
+        else:
+            self.head = nn.Linear(d, cfg.item_vocab)
         sizes = torch.tensor(cfg.level_sizes)
         # token id of local code 0 at each item position, and where each position's logits start in the head
         self.register_buffer("token_offset", SPECIALS + torch.cumsum(sizes, 0) - sizes, persistent=False)
@@ -289,6 +301,7 @@ class Retriever(nn.Module):
         if cfg.item_ids:
             self.register_buffer("item_keys", torch.zeros(cfg.item_ids, dtype=torch.long))  # sorted whole IDs
             self.item_embedding = nn.Embedding(cfg.item_ids + 1, d, padding_idx=cfg.item_ids)  # last row: none
+        self.trie = None  # with trie_softmax: the catalogue's ItemTrie, which training's softmax is limited to
         self.apply(self._init)
         if cfg.item_ids:
             with torch.no_grad():
@@ -400,15 +413,30 @@ class Retriever(nn.Module):
         """Logits over the tokens item position p can take, from hidden states h (..., d)."""
         lo = self.head_offset[p]
         hi = lo + self.cfg.level_sizes[p]
+        if self.cfg.tie_head:
+            return F.linear(h, self.tokens.weight[SPECIALS + lo : SPECIALS + hi], self.head_bias[lo:hi])
         return F.linear(h, self.head.weight[lo:hi], self.head.bias[lo:hi])
+
+    def use_trie(self, trie) -> None:
+        """The catalogue's ItemTrie (semrec.retriever.beam), which a trie_softmax model's loss is limited to."""
+        self.trie = trie
 
     def output(self, h: Tensor, target: Tensor) -> Output:
         """h (M, L+1, d): the hidden state that predicts each token of M targets (M, L+1) -> logits and
-        the mean cross-entropy over all their tokens."""
+        the mean cross-entropy over all their tokens.
+
+        With trie_softmax the tokens that continue no catalogue item after the target's prefix get no
+        probability (logit -inf): the loss is then exactly -log p(item) under the distribution over
+        items that constrained beam search decodes, summed over its L+1 factors."""
         h = self.norm(h)
         logits = [self._position_logits(h[:, p], p) for p in range(self.cfg.positions)]
+        if self.cfg.trie_softmax:
+            if self.trie is None:
+                raise ValueError("a trie_softmax model needs the catalogue's trie: call use_trie first")
+            allowed = self.trie.allowed(target)
+            logits = [lg.masked_fill(~ok, float("-inf")) for lg, ok in zip(logits, allowed)]
         smoothing = self.cfg.label_smoothing if self.training else 0.0
-        loss = torch.stack([F.cross_entropy(lg.float(), target[:, p], label_smoothing=smoothing)
+        loss = torch.stack([smoothed_cross_entropy(lg.float(), target[:, p], smoothing)
                             for p, lg in enumerate(logits)]).mean()
         return Output(loss, logits)
 
@@ -447,6 +475,18 @@ class Retriever(nn.Module):
         except RuntimeError as e:
             raise SemrecError(f"{path} does not fit its own config: {e}", "run `semrec fit-retriever --force`") from e
         return model.eval()
+
+
+def smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: float) -> Tensor:
+    """Mean cross-entropy of logits (M, V) with target (M,), a share `smoothing` of each target's mass
+    spread evenly over the tokens whose logit is finite (all of them unless some are ruled out by -inf)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    nll = -logp.gather(1, target[:, None])[:, 0]
+    if smoothing == 0:
+        return nll.mean()
+    finite = torch.isfinite(logits)
+    spread = -torch.where(finite, logp, 0.0).sum(1) / finite.sum(1)
+    return ((1 - smoothing) * nll + smoothing * spread).mean()
 
 
 def build_retriever(cfg: RetrieverConfig, item_codes: Tensor | None = None) -> Retriever:
