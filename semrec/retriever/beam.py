@@ -96,11 +96,12 @@ def beam_search(model, trie: ItemTrie, history: Tensor, user: Tensor, k: int, be
     last = len(trie.tables) - 1
     for p, table in enumerate(trie.tables):
         nxt = table[states.clamp(min=0)]  # (B, w, V_p)
+        in_trie = nxt >= 0
         logits = model.step_logits(context, prefix)  # (B, w, V_p)
         if model.cfg.trie_softmax:
-            logits = logits.masked_fill(nxt < 0, float("-inf"))
+            logits = logits.masked_fill(~in_trie, float("-inf"))
         logp = torch.log_softmax(logits, dim=-1)
-        allowed = (nxt >= 0) & (states >= 0)[..., None]
+        allowed = in_trie & (states >= 0)[..., None]
         if p == last and exclude is not None:
             allowed &= ~exclude.gather(1, nxt.clamp(min=0).flatten(1)).view_as(nxt)
         cand = torch.where(allowed, scores[..., None] + logp, float("-inf")).flatten(1)  # (B, w*V_p)
