@@ -46,12 +46,15 @@ def _tokenizer_settings(settings) -> tuple[str, ...]:
     kind = TOKENIZERS[settings.tokenizer.kind]
     keys = ["tokenizer.kind", "tokenizer.levels", "tokenizer.codebook_size", "tokenizer.kmeans_iters", "project.seed"]
     keys += [f"tokenizer.{table}" for table in kind.reads]
+    if settings.tokenizer.collaborative_weight:  # added after tokenizers had been fitted: absent while off
+        keys.append("tokenizer.collaborative_weight")
     return (*keys, *(f"-tokenizer.{key}" for key in _HOW_LONG),
             *_left_out_while_off(settings, "tokenizer.train.ema_decay"))
 
 
 def _tokenizer_upstream(settings) -> tuple[str, ...]:
-    return ("embed", *TOKENIZERS[settings.tokenizer.kind].needs)
+    collaborative = ("fit-baseline",) if settings.tokenizer.collaborative_weight else ()
+    return ("embed", *TOKENIZERS[settings.tokenizer.kind].needs, *collaborative)
 
 
 def _retriever_settings(settings) -> tuple[str, ...]:

@@ -218,6 +218,11 @@ class TokenizerSettings:
     levels: int = setting(3, "Code levels per item (before the collision token).", min=1, max=8)
     codebook_size: int = setting(256, "Codes per level.", min=2)
     kmeans_iters: int = setting(50, "Iteration cap of k-means (codebook initialisation and rqkmeans).", min=1)
+    collaborative_weight: float = setting(
+        0.0, "Code each item's SASRec item embedding (from `semrec fit-baseline`, unit length times this weight) "
+             "beside its text embedding, so that codes follow what users pick together (0 = text only). The IDs "
+             "then depend on that SASRec: retraining it (also when baselines.sasrec.train.max_minutes stopped it "
+             "at another step) refits the tokenizer and everything after it.", min=0, max=100)
     device: str = setting("auto", "auto, cpu, cuda, ...")
     train: TrainingSettings = training_block(steps=1000, batch_size=1024, checkpoint_every=500)
     rqvae: RQVAESettings = field(default_factory=RQVAESettings)

@@ -31,7 +31,8 @@ Adding a kind "mykind":
 
 `reads` names the sub-tables of [tokenizer] that the kind reads besides the shared keys
 (tokenizer.kind, levels, codebook_size, kmeans_iters and project.seed; tokenizer.device says only
-where it runs): rqvae reads ("rqvae", "train"). Those, and only those, make up fit-tokenizer's
+where it runs; tokenizer.collaborative_weight once it is on, which changes the inputs of every
+kind): rqvae reads ("rqvae", "train"). Those, and only those, make up fit-tokenizer's
 settings fingerprint and config.json's "settings", so changing another kind's key neither makes
 the fitted tokenizer stale nor stops it from loading; so a kind must read no other setting.
 `needs` names the stages it needs besides embed: with ("tag",) it is given `inputs.tags`, and
@@ -94,7 +95,8 @@ def check_embedding_dim(config: dict, embeddings: torch.Tensor) -> None:
         raise SemrecError(
             f"the embeddings have {embeddings.shape[1]} dimensions but the tokenizer was fitted on "
             f"{config['embedding_dim']}",
-            "run `semrec fit-tokenizer` again after changing the embedding model",
+            "run `semrec fit-tokenizer` again after changing the embedding model, tokenizer.collaborative_weight "
+            "or baselines.sasrec.d_model",
         )
 
 

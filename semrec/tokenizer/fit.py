@@ -185,9 +185,10 @@ def _rounded(value):
 
 
 def run_fit_tokenizer(ws, run) -> dict:
-    from semrec.embed import CachedEncoder, load_embeddings
+    from semrec.embed import CachedEncoder
+    from semrec.tokenizer.inputs import tokenizer_inputs
 
-    embeddings, metadata = load_embeddings(ws)
+    embeddings, metadata = tokenizer_inputs(ws)
     tags = load_tags(ws, embeddings.shape[0])
     _check_inputs(ws, embeddings, tags)
     folder = ws.path(TOKENIZER)

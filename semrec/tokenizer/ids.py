@@ -56,10 +56,10 @@ def _tags_for_health(ws, n_items: int) -> list[list[str]] | None:
 
 
 def run_tokenize(ws, run) -> dict:
-    from semrec.embed import load_embeddings
+    from semrec.tokenizer.inputs import tokenizer_inputs
 
     tokenizer = load_tokenizer(ws)
-    embeddings, _ = load_embeddings(ws)
+    embeddings, _ = tokenizer_inputs(ws)
     codes, gaps, _ = tokenizer.assign(embeddings)
     dedup = collision_tokens(codes, gaps)
     write_parquet(semantic_id_frame(torch.arange(codes.shape[0]), codes, dedup), ws.path(SEMANTIC_IDS))
@@ -125,6 +125,7 @@ def tokenize_new_items(ws, path) -> dict:
     from safetensors.torch import save_file
 
     from semrec.embed import CachedEncoder, item_texts, load_embeddings
+    from semrec.tokenizer.inputs import with_collaborative
 
     path = Path(path)
     ws.ensure("tokenize")
@@ -137,7 +138,8 @@ def tokenize_new_items(ws, path) -> dict:
     encoder.save()
     embeddings, metadata = load_embeddings(ws)
     tokenizer = load_tokenizer(ws)
-    codes, gaps, _ = tokenizer.assign(vectors)
+    all_embeddings = torch.cat([embeddings, vectors.to(embeddings.dtype)])
+    codes, gaps, _ = tokenizer.assign(with_collaborative(ws, all_embeddings)[len(embeddings):])
     ids = pl.read_parquet(ws.path(SEMANTIC_IDS))
     code_columns = [f"code_{level + 1}" for level in range(codes.shape[1])]
     taken = {tuple(row[:-1]): row[-1] for row in ids.group_by(code_columns).agg(pl.col("dedup").max()).iter_rows()}
@@ -146,7 +148,6 @@ def tokenize_new_items(ws, path) -> dict:
         [taken.get(tuple(c), -1) + 1 + int(r) for c, r in zip(codes.tolist(), rank.tolist())], dtype=torch.long
     )
     new_ids = semantic_id_frame(torch.tensor(new["item"].to_list()), codes, dedup)
-    all_embeddings = torch.cat([embeddings, vectors.to(embeddings.dtype)])
     metadata = {**metadata, "items": str(all_embeddings.shape[0])}
     with (
         atomic_path(ws.path(ITEMS)) as items_tmp,
