@@ -17,6 +17,7 @@ embedding of the `NEIGHBOURS` known items whose texts are nearest to its own.
 
 import torch
 from torch import Tensor
+from torch.nn.functional import normalize
 
 from semrec.artifacts import SASREC, SPLITS
 from semrec.errors import SemrecError
@@ -37,11 +38,12 @@ def borrowed(text: Tensor, collaborative: Tensor, known: Tensor) -> Tensor:
     """Collaborative vectors for the rows not `known`: the normalised mean over the NEIGHBOURS known rows
     of most similar `text`; the known rows as they are."""
     filled = collaborative.clone()
-    missing = ~known
-    if missing.any() and known.any():
-        similarity = torch.nn.functional.normalize(text[missing], dim=1) @ torch.nn.functional.normalize(text[known], dim=1).T
-        nearest = similarity.topk(min(NEIGHBOURS, int(known.sum())), dim=1).indices
-        filled[missing] = torch.nn.functional.normalize(collaborative[known][nearest].mean(1), dim=1)
+    missing = torch.nonzero(~known).squeeze(1)
+    if len(missing) and known.any():
+        pool_text, pool = normalize(text[known], dim=1), collaborative[known]
+        for rows in missing.split(1024):  # a block of similarities at a time: bounded memory on large catalogues
+            nearest = (normalize(text[rows], dim=1) @ pool_text.T).topk(min(NEIGHBOURS, len(pool)), dim=1).indices
+            filled[rows] = normalize(pool[nearest].mean(1), dim=1)
     return filled
 
 
@@ -62,7 +64,7 @@ def collaborative_part(ws, text: Tensor) -> Tensor:
         raise SemrecError(f"the item embeddings of the SASRec baseline {path} hold NaN or infinite values",
                           "run `semrec fit-baseline --force` (a lower baselines.sasrec.train.lr if it happens again)")
     vectors = torch.zeros(n_items, model.cfg.d_model)
-    vectors[:known] = torch.nn.functional.normalize(weights, dim=1)
+    vectors[:known] = normalize(weights, dim=1)
     own = torch.zeros(n_items, dtype=torch.bool)
     own[:known] = trained_items(ws, known)
     return borrowed(text, vectors, own) * ws.settings.tokenizer.collaborative_weight
