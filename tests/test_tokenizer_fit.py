@@ -203,8 +203,14 @@ def test_loading_under_a_different_config_names_the_mismatch(small_workspace):
     ws.settings.tokenizer.codebook_size = 32
     with pytest.raises(SemrecError, match="tokenizer.codebook_size = 16"):
         load_tokenizer(ws)
+    ws.settings.tokenizer.codebook_size = 16
     config_path = ws.path(TOKENIZER) / "config.json"
     config = json.loads(config_path.read_text())
+    config["settings"]["tokenizer.collaborative_weight"] = 1.0  # fitted with a setting that is now off
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SemrecError, match="tokenizer.collaborative_weight = 1.0, but .* says 'off'"):
+        load_tokenizer(ws)
+    del config["settings"]["tokenizer.collaborative_weight"]
     config["model"]["latent_dim"] = 12
     config_path.write_text(json.dumps(config))
     with pytest.raises(SemrecError, match="shape"):

@@ -157,11 +157,11 @@ def load_tokenizer(ws) -> TokenizerKind:
 
     tokenizer = read_tokenizer(ws.path(TOKENIZER), resolve_device(ws.settings.tokenizer.device))
     fitted, current = tokenizer.config["settings"], stage_settings(ws.settings, "fit-tokenizer")
-    for key, value in current.items():
-        if fitted.get(key) != value:
+    for key in sorted(current.keys() | fitted.keys()):  # a key only one side has: a setting on in one, off in the other
+        if fitted.get(key) != current.get(key):
             raise SemrecError(
-                f"{ws.path(TOKENIZER)} was fitted with {key} = {fitted.get(key)!r}, "
-                f"but {ws.project.path} says {value!r}",
+                f"{ws.path(TOKENIZER)} was fitted with {key} = {fitted.get(key, 'off')!r}, "
+                f"but {ws.project.path} says {current.get(key, 'off')!r}",
                 "run `semrec fit-tokenizer` to fit it under the current settings (or restore the setting)",
             )
     if tokenizer.config.get("embedding_model") not in (None, ws.settings.embed.model):
