@@ -36,6 +36,7 @@ TOKENIZERS: dict[str, Entry] = {
 ARCHITECTURES: dict[str, Entry] = {
     "encoder-decoder": Entry("semrec.retriever.encoder_decoder:EncoderDecoder"),
     "decoder-only": Entry("semrec.retriever.decoder_only:DecoderOnly"),
+    "item-level": Entry("semrec.retriever.item_level:ItemLevel"),
 }
 
 REGISTRIES = {"tokenizers": TOKENIZERS, "architectures": ARCHITECTURES}

@@ -7,7 +7,7 @@ from semrec.errors import SemrecError
 from semrec.retriever.beam import ItemTrie, beam_search
 from semrec.retriever.model import Batch, Retriever, RetrieverConfig, build_retriever
 
-ARCHS = ["encoder-decoder", "decoder-only"]
+ARCHS = ["encoder-decoder", "decoder-only", "item-level"]
 
 
 def catalogue(n: int, levels: int = 2, size: int = 4, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ from semrec.retriever.data import Batches, SemanticIds, Sequences, training_wind
 from semrec.retriever.model import RetrieverConfig, build_retriever
 from semrec.train import epoch_indices
 
-ARCHS = ["encoder-decoder", "decoder-only"]
+ARCHS = ["encoder-decoder", "decoder-only", "item-level"]
 LEVELS, SIZE = 2, 5
 
 

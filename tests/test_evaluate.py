@@ -123,6 +123,7 @@ VARIANTS = {
     "decoder-only with item IDs": {"retriever.arch": "decoder-only", "retriever.item_embeddings": True},
     "decoder-only, trie softmax, tied head": {"retriever.arch": "decoder-only", "retriever.item_embeddings": True,
                                               "retriever.trie_softmax": True, "retriever.tie_head": True},
+    "item-level with item IDs": {"retriever.arch": "item-level", "retriever.item_embeddings": True},
 }
 
 

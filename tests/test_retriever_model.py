@@ -9,7 +9,7 @@ import torch
 from semrec.errors import SemrecError
 from semrec.retriever.model import Batch, Dropout, Retriever, RetrieverConfig, build_retriever
 
-ARCHS = ["encoder-decoder", "decoder-only"]
+ARCHS = ["encoder-decoder", "decoder-only", "item-level"]
 
 
 def tiny_config(arch: str, **overrides) -> RetrieverConfig:

@@ -42,13 +42,16 @@ of `Retriever` that implement `forward`, `start` and `step_logits` (all that bea
 - "decoder-only" (decoder_only.py): one causal stack over [user, item_1 ... item_n] whose every
   token predicts the next; its encoder_layers + decoder_layers blocks give a parameter count
   comparable to the encoder-decoder.
+- "item-level" (item_level.py): a causal stack over [user, item_1 ... item_n] with one position per
+  item (the sum of its tokens' embeddings), and small blocks that spell the next item's tokens from
+  the last item's state alone.
 This module holds what they share: the config, the embeddings, attention blocks, the output head,
 saving and loading.
 
 Decoding (`start` then `step_logits`, used by beam.py) computes the history once per user: the
 encoder memory's cross-attention keys and values, or the decoder-only stack's per-layer keys and
-values of the history. Each beam step then runs only the few target tokens; the beams of a user
-share that user's history tensors, never copied per beam.
+values of the history, or the item-level stack's last state. Each beam step then runs only the few
+target tokens; the beams of a user share that user's history tensors, never copied per beam.
 """
 
 import math
@@ -149,7 +152,7 @@ class Context(NamedTuple):
     kv: list[tuple[Tensor, Tensor]]  # per decoder layer: keys and values (B, H, T, hd) of the history
     valid: Tensor  # (B, T) bool: which history tokens are real
     position: Tensor  # (B,) position of the item being generated: the number of history items
-    last: Tensor | None = None  # decoder-only: (B, d) hidden state of the history's last token
+    last: Tensor | None = None  # (B, d) decoder-only: the history's last token's hidden state; item-level: last state
 
 
 class Dropout(nn.Dropout):
