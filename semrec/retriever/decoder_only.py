@@ -19,16 +19,8 @@ class DecoderOnly(Retriever):
     def build_layers(self, cfg: RetrieverConfig) -> None:
         self.decoder = nn.ModuleList(Block(cfg, cross=False) for _ in range(cfg.encoder_layers + cfg.decoder_layers))
 
-    @staticmethod
-    def _causal_mask(valid: Tensor) -> Tensor:
-        """(B, 1, T, T): attend to earlier real tokens; every token also sees itself (no empty rows)."""
-        t = valid.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=valid.device).tril()
-        eye = torch.eye(t, dtype=torch.bool, device=valid.device)
-        return ((causal & valid[:, None, :]) | eye)[:, None]
-
     def _causal_stack(self, x: Tensor, valid: Tensor, keep: list | None = None) -> Tensor:
-        mask = self._causal_mask(valid)
+        mask = self.causal_mask(valid)
         for block in self.decoder:
             x = block(x, mask=mask, keep=keep)
         return x

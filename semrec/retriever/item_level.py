@@ -16,7 +16,7 @@ the spelling head over the state and the beam's few tokens.
 import torch
 from torch import Tensor, nn
 
-from semrec.retriever.model import SPECIALS, Batch, Block, Context, Output, Retriever, RetrieverConfig
+from semrec.retriever.model import Batch, Block, Context, Output, Retriever, RetrieverConfig
 
 
 class ItemLevel(Retriever):
@@ -34,17 +34,14 @@ class ItemLevel(Retriever):
         if self.cfg.item_ids:
             x = x + self.item_embedding(self._item_rows(items))
         if self.cfg.user_bins:
-            user_tokens = torch.where(user >= 0, SPECIALS + self.cfg.item_vocab + user, 0)  # (B,)
-            u = self.tokens(user_tokens) + self.position.weight[self.cfg.max_seq_len + 1]
+            u = self.tokens(self.user_tokens(user)) + self.position.weight[self.cfg.max_seq_len + 1]
             x, real = torch.cat([u[:, None], x], 1), torch.cat([(user >= 0)[:, None], real], 1)
         return self.drop(x), real
 
     def _states(self, items: Tensor, user: Tensor) -> Tensor:
         """(B, u+n, d): the normalised state of the user token and of each item, each seeing only earlier ones."""
         x, real = self._embed_whole_items(items, user)
-        t = x.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        mask = ((causal & real[:, None, :]) | torch.eye(t, dtype=torch.bool, device=x.device))[:, None]
+        mask = self.causal_mask(real)
         for block in self.stack:
             x = block(x, mask=mask)
         return self.state_norm(x)

@@ -366,6 +366,18 @@ class Retriever(nn.Module):
         return torch.where(codes >= 0, codes + self.token_offset[:p], PAD)
 
     @staticmethod
+    def causal_mask(valid: Tensor) -> Tensor:
+        """(B, 1, T, T): attend to earlier real positions; every position also sees itself (no empty rows)."""
+        t = valid.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=valid.device).tril()
+        eye = torch.eye(t, dtype=torch.bool, device=valid.device)
+        return ((causal & valid[:, None, :]) | eye)[:, None]
+
+    def user_tokens(self, user: Tensor) -> Tensor:
+        """(B,) user bins, -1 for none -> (B,) token ids of the user token, PAD for none."""
+        return torch.where(user >= 0, SPECIALS + self.cfg.item_vocab + user, PAD)
+
+    @staticmethod
     def item_positions(items: Tensor) -> Tensor:
         """(B, n, L+1) left-padded items -> (B, n) each item's position from the window's first real item."""
         real = items[..., 0] >= 0
@@ -387,7 +399,7 @@ class Retriever(nn.Module):
             whole = self.item_embedding(self._item_rows(items))[:, :, None]  # (B, n, 1, d)
             x = x + F.pad(whole, (0, 0, size - 1, 0)).reshape(b, n * size, -1)
         if self.cfg.user_bins:
-            user_tokens = torch.where(user >= 0, SPECIALS + self.cfg.item_vocab + user, PAD)[:, None]  # (B, 1)
+            user_tokens = self.user_tokens(user)[:, None]  # (B, 1)
             slot, position = (torch.tensor([i], device=dev) for i in (self.cfg.positions, self.cfg.max_seq_len + 1))
             u = self.tokens(user_tokens) + self.slot(slot) + self.position(position)
             x, tokens = torch.cat([u, x], 1), torch.cat([user_tokens, tokens], 1)
