@@ -83,7 +83,7 @@ def run_trial(source: Path, scratch: Path, name: str, overrides: dict, minutes: 
     where = resolve_device(r.device)
     per_step = seconds_per_step(ws, where)
     if not as_set:
-        r.train.steps = max(r.train.warmup_steps + validations, int(minutes * 60 / per_step * 0.9))
+        r.train.steps = max(r.train.warmup_steps + validations, int(minutes * 60 / r.ensemble / per_step * 0.9))
         r.eval_every = max(1, r.train.steps // validations)
     planned = r.train.steps
     r.train.max_minutes = minutes
@@ -91,14 +91,17 @@ def run_trial(source: Path, scratch: Path, name: str, overrides: dict, minutes: 
     figures = run_fit_retriever(ws, StageRun("fit-retriever", name, fresh=True, options={"resume": False}))
     curve = json.loads(ws.path("retriever/metrics.json").read_text())
     windows = figures["steps"] * r.train.batch_size
+    validated = [[e for e in history if "valid_recall@10" in e] for history in curve.get("member_histories", [curve.get("history")])]
     machine = torch.cuda.get_device_name(where) if where.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     return {"trial": name, "overrides": overrides, "machine": machine, "minutes": round((time.perf_counter() - started) / 60, 1),
-            "steps": figures["steps"], "steps_planned": planned, "cut": figures["steps"] < planned,
+            "steps": figures["steps"], "steps_planned": planned * r.ensemble, "cut": figures["steps"] < planned * r.ensemble,
             "s_per_step": round(per_step, 4), "windows_seen": windows,
             "valid_recall@10": figures["valid_recall@10"], "valid_ndcg@10": figures["valid_ndcg@10"],
-            "best_step": figures["best_step"], "params": figures["params"], "targets_per_s": figures["targets_per_s"],
+            "best_step": figures.get("best_step", figures.get("member_best_step")),
+            "member_valid_ndcg@10": figures.get("member_valid_ndcg@10"),
+            "params": figures["params"], "targets_per_s": figures["targets_per_s"],
             "validation_seconds": curve.get("validation_seconds"),
-            "curve": [e for e in curve["history"] if "valid_recall@10" in e]}
+            "curve": validated[0] if len(validated) == 1 else validated}  # an ensemble's: one per member
 
 
 def test_trial(source: Path, scratch: Path, name: str, overrides: dict, device: str) -> dict:

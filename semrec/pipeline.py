@@ -61,7 +61,8 @@ def _retriever_settings(settings) -> tuple[str, ...]:
     return ("retriever", "project.seed", "-retriever.device", "-retriever.compile",
             *(f"-retriever.{key}" for key in _HOW_LONG),
             *_left_out_while_off(settings, "retriever.item_embeddings", "retriever.tie_head",
-                                 "retriever.trie_softmax", "retriever.train.ema_decay"))
+                                 "retriever.trie_softmax", "retriever.train.ema_decay"),
+            *(("-retriever.ensemble",) if settings.retriever.ensemble == 1 else ()))  # added later too; 1 = none
 
 
 def _baseline_settings(settings) -> tuple[str, ...]:

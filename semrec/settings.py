@@ -262,6 +262,10 @@ class RetrieverSettings:
         False, "Limit each target token's softmax to the tokens that continue a real item's ID (the catalogue's "
                "trie), in training and in decoding: the model learns the distribution over items that beam "
                "search ranks by.")
+    ensemble: int = setting(
+        1, "Train this many models one after another, model i from seed project.seed + i, each given 1/N of "
+           "train.max_minutes, and rank with all of them: at every beam step the mean of their log-probabilities.",
+        min=1, max=64)
     eval_every: int = setting(1000, "Validate (Recall@10, NDCG@10 on the validation targets) every N steps.", min=1)
     patience: int = setting(5, "Stop after this many validations without improvement (0 = never).", min=0)
     valid_users: int = setting(0, "Validate on this many users, a fixed sample (0 = all).", min=0)
@@ -343,6 +347,10 @@ AMAZON_RETRIEVER = {
     # item IDs in as well as semantic IDs: on Beauty's validation split N@10 0.0434 against 0.0318 without
     # (decoder-only); the weights' moving average validated and kept
     "item_embeddings": True,
+    # four such models from four seeds, ranking together: on all 22,363 validation users of Beauty
+    # N@10 0.0469 and R@10 0.0787 against 0.0435 and 0.0723 for one (the mean of the four alone);
+    # test R@10 0.0566 / N@10 0.0338 after 34 minutes of a 2-core CPU
+    "ensemble": 4,
     "train": {"steps": 6000, "batch_size": 128, "lr": 0.004, "warmup_steps": 200, "checkpoint_every": 500,
               "ema_decay": 0.999, "max_minutes": 60.0},
 }
@@ -352,7 +360,7 @@ MOVIELENS_RETRIEVER = {
     # the Amazon recipe at history 200, in 64 windows a step: 6 GiB at its peak on ML-32M's shape
     # (bench/ml32m.py; 128 windows need 8.7 GiB on a CPU), without item IDs (not measured there).
     # Not searched for quality on MovieLens.
-    **AMAZON_RETRIEVER, "arch": "decoder-only", "max_seq_len": 200, "item_embeddings": False,
+    **AMAZON_RETRIEVER, "arch": "decoder-only", "max_seq_len": 200, "item_embeddings": False, "ensemble": 1,
     # and without the weight average, which lags far behind weights that are still learning (about one
     # epoch in a CPU hour on ML-1M)
     "train": {**AMAZON_RETRIEVER["train"], "steps": 9000, "batch_size": 64, "ema_decay": 0.0},

@@ -345,7 +345,8 @@ class Trainer:
         config, progress = self.config, self.progress
         log_every = max(1, min(100, config.steps // 100))
         self.model.train()
-        out_of_time = False
+        # a run restored after its time was up stays stopped: resuming it changes nothing
+        out_of_time = bool(config.max_seconds) and progress.get("seconds", 0.0) >= config.max_seconds
         started = time.monotonic() - progress.get("seconds", 0.0)
         with self.reporter.progress(config.description, total=config.steps) as bar:
             bar.advance(progress["step"])
@@ -366,6 +367,8 @@ class Trainer:
         out_of_time = bool(config.max_seconds) and progress["seconds"] >= config.max_seconds
         if config.max_seconds:
             out_of_time = distributed.any_rank(out_of_time)  # every rank stops at the same step
+            if out_of_time:  # as rank 0 saves it: a resumed run must find the time up on every rank
+                progress["seconds"] = max(progress["seconds"], config.max_seconds)
         done = progress["step"] == config.steps or out_of_time
         if self.validate_fn is not None and (
                 (config.eval_every and progress["step"] % config.eval_every == 0) or done):

@@ -23,8 +23,8 @@ def catalogue(n: int, levels: int = 2, size: int = 4, seed: int = 0) -> torch.Te
 
 
 def tiny_model(arch: str, ids: torch.Tensor, size: int = 4, item_ids: bool = False,
-               trie_softmax: bool = False) -> Retriever:
-    torch.manual_seed(0)
+               trie_softmax: bool = False, seed: int = 0) -> Retriever:
+    torch.manual_seed(seed)
     cfg = RetrieverConfig(arch=arch, levels=ids.shape[1] - 1, codebook_size=size,
                           collision_size=int(ids[:, -1].max()) + 1, user_bins=3, max_seq_len=3, d_model=16, heads=2,
                           head_dim=8, encoder_layers=1, decoder_layers=1, ff_dim=32, dropout=0.0,
@@ -47,17 +47,27 @@ def histories(ids: torch.Tensor, b: int = 4) -> tuple[torch.Tensor, torch.Tensor
     return history, torch.tensor([0, 1, -1, 2])[:b]
 
 
-def exhaustive_scores(model: Retriever, ids: torch.Tensor, history: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
-    """Every item's log-likelihood for every user, by teacher forcing: (B, N)."""
+def teacher_forced_logits(model: Retriever, ids: torch.Tensor, history: torch.Tensor,
+                          user: torch.Tensor) -> list[torch.Tensor]:
+    """Per item position p, the logits (B*N, V_p) of every item after every user's history."""
     b, n = len(history), len(ids)
     items = torch.cat([history.repeat_interleave(n, 0), ids.repeat(b, 1)[:, None]], 1)  # each item after each history
     targets = torch.zeros(items.shape[:2], dtype=torch.bool)
     targets[:, -1] = True
     with torch.no_grad():
-        logits = model(Batch(items, user.repeat_interleave(n), targets)).logits
-    target = ids.repeat(b, 1)
+        return model(Batch(items, user.repeat_interleave(n), targets)).logits
+
+
+def item_scores(logits: list[torch.Tensor], ids: torch.Tensor, users: int) -> torch.Tensor:
+    """Summed log-softmax of each item's own tokens: (B, N)."""
+    target = ids.repeat(users, 1)
     logp = torch.stack([torch.log_softmax(lg, -1).gather(1, target[:, p:p + 1])[:, 0] for p, lg in enumerate(logits)])
-    return logp.sum(0).view(b, n)
+    return logp.sum(0).view(users, len(ids))
+
+
+def exhaustive_scores(model: Retriever, ids: torch.Tensor, history: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+    """Every item's log-likelihood for every user, by teacher forcing: (B, N)."""
+    return item_scores(teacher_forced_logits(model, ids, history, user), ids, len(history))
 
 
 @pytest.mark.parametrize("item_ids, trie_softmax", [(False, False), (True, False), (True, True)])

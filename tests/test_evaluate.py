@@ -165,38 +165,48 @@ def test_fitting_a_tiny_model_lowers_the_validation_loss_and_beats_popularity(fi
     assert result["metrics"]["recall@10"] > 1.5 * result["baselines"]["popularity"]["recall@10"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["causal", "prefix"])
-def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch, mode):
-    from safetensors.torch import load_file
-
+def interrupted_then_resumed(make_workspace, monkeypatch, settings: dict, batches: int):
+    """A workspace whose fit-retriever stopped (KeyboardInterrupt) when asked for its batches-th training
+    batch, then ran again with resume."""
     from semrec.retriever.data import Batches
 
-    settings = {"retriever.train.steps": 30, "retriever.eval_every": 10, "retriever.train.checkpoint_every": 10,
-                "retriever.training": mode, "retriever.dropout": 0.1, "retriever.valid_users": 100}
-    straight = prepared_workspace(make_workspace, **settings)
-    run_fit_retriever(straight, StageRun("fit-retriever", "fp"))
-
-    resumed = prepared_workspace(make_workspace, **settings)
-    training = Batches.training
+    ws = prepared_workspace(make_workspace, **settings)
+    training, calls = Batches.training, []
 
     def interrupted(self, index, step, *share):
-        if step == 15:
+        calls.append(step)
+        if len(calls) == batches:
             raise KeyboardInterrupt
         return training(self, index, step, *share)
 
     monkeypatch.setattr(Batches, "training", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_fit_retriever(resumed, StageRun("fit-retriever", "fp"))
+        run_fit_retriever(ws, StageRun("fit-retriever", "fp"))
     monkeypatch.setattr(Batches, "training", training)
-    run_fit_retriever(resumed, StageRun("fit-retriever", "fp", options={"resume": True}))
-    assert any("resuming" in m and "step 10" in m for m in resumed.reporter.text().splitlines())
+    run_fit_retriever(ws, StageRun("fit-retriever", "fp", options={"resume": True}))
+    return ws
 
-    a = load_file(str(straight.path("retriever/model.safetensors")))
-    b = load_file(str(resumed.path("retriever/model.safetensors")))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+def assert_same_retriever(a, b) -> None:
+    """Two workspaces' retriever files hold the same weights to the last bit."""
+    from safetensors.torch import load_file
+
+    first, second = (load_file(str(ws.path("retriever/model.safetensors"))) for ws in (a, b))
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["causal", "prefix"])
+def test_resume_matches_uninterrupted_run(make_workspace, monkeypatch, mode):
+    settings = {"retriever.train.steps": 30, "retriever.eval_every": 10, "retriever.train.checkpoint_every": 10,
+                "retriever.training": mode, "retriever.dropout": 0.1, "retriever.valid_users": 100}
+    straight = prepared_workspace(make_workspace, **settings)
+    run_fit_retriever(straight, StageRun("fit-retriever", "fp"))
+    resumed = interrupted_then_resumed(make_workspace, monkeypatch, settings, batches=16)  # at step 15
+    assert any("resuming" in m and "step 10" in m for m in resumed.reporter.text().splitlines())
+    assert_same_retriever(straight, resumed)
     curve = lambda ws: json.loads(ws.path("retriever/metrics.json").read_text())["history"]  # noqa: E731
     assert curve(straight) == curve(resumed)
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from semrec.errors import SemrecError
-from semrec.retriever.model import Batch, Dropout, Retriever, RetrieverConfig, build_retriever
+from semrec.retriever.checkpoint import load_retriever
+from semrec.retriever.model import Batch, Dropout, RetrieverConfig, build_retriever
 
 ARCHS = ["encoder-decoder", "decoder-only", "item-level"]
 
@@ -174,7 +175,7 @@ def test_checkpoint_rebuilds_the_model(tmp_path, item_ids, tie_head):
         cfg, codes = with_item_ids(cfg, batch)
     model = build_retriever(cfg, codes).eval()
     model.save(tmp_path / "m.safetensors", {"steps": 3})
-    loaded = Retriever.load(tmp_path / "m.safetensors")
+    loaded = load_retriever(tmp_path / "m.safetensors")
     assert loaded.cfg == cfg
     with torch.no_grad():
         torch.testing.assert_close(model(batch).loss, loaded(batch).loss)
@@ -184,14 +185,14 @@ def test_checkpoint_rebuilds_the_model(tmp_path, item_ids, tie_head):
 def test_loading_under_another_architecture_or_vocabulary_is_a_clear_error(tmp_path, key, value):
     build_retriever(tiny_config("encoder-decoder")).save(tmp_path / "m.safetensors")
     with pytest.raises(SemrecError, match=f"trained with {key} = ") as info:
-        Retriever.load(tmp_path / "m.safetensors", expect={key: value})
+        load_retriever(tmp_path / "m.safetensors", expect={key: value})
     assert "semrec fit-retriever" in str(info.value)
 
 
 def test_loading_a_file_that_is_not_a_retriever_is_a_clear_error(tmp_path):
     (tmp_path / "m.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(SemrecError, match="cannot read the retriever"):
-        Retriever.load(tmp_path / "m.safetensors")
+        load_retriever(tmp_path / "m.safetensors")
 
 
 def test_cpu_dropout_keeps_each_element_with_probability_one_minus_p_and_is_seeded():

@@ -88,6 +88,7 @@ def test_decoding_settings_never_touch_the_retriever_fingerprint(key, value):
     ("fit-retriever", "retriever.tie_head", True),
     ("fit-retriever", "retriever.trie_softmax", True),
     ("fit-retriever", "retriever.train.ema_decay", 0.999),
+    ("fit-retriever", "retriever.ensemble", 4),
     ("fit-baseline", "baselines.sasrec.train.ema_decay", 0.999),
     ("fit-tokenizer", "tokenizer.train.ema_decay", 0.999),
 ])

@@ -108,6 +108,17 @@ def test_time_limit_stops_with_a_validated_checkpoint(tmp_path):
     assert (tmp_path / "last.safetensors").exists()
 
 
+def test_a_run_stopped_by_its_time_limit_stays_stopped_when_resumed(tmp_path):
+    """An ensemble's finished members are resumed this way: nothing may move, not even one more step."""
+    stopped = ValidatedTask(scores=[0.3])
+    train(stopped, config(1000, max_seconds=1e-9), tmp_path, "fp")
+    again = ValidatedTask(scores=[], seed=5)
+    result = train(again, config(1000, max_seconds=1e-9), tmp_path, "fp")
+    assert result.steps == 1 and again.steps_seen == [] and result.best == {"step": 1, "score": 0.3}
+    for a, b in zip(stopped.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
+
+
 class RecordingTask(ValidatedTask):
     """Records the weights after every step, and the weights that validation sees."""
 

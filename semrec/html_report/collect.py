@@ -209,8 +209,13 @@ def retriever_section(ws) -> dict | None:
     sasrec = read_json(ws.path(SASREC) / "metrics.json")
     if metrics is None and sasrec is None:
         return None
+    shown = [("retriever", metrics), ("sasrec", sasrec)]
+    if metrics is not None and "member_histories" in metrics:  # an ensemble: its totals, then each member's curves
+        n = len(metrics["member_histories"])
+        shown[1:1] = [(f"retriever {i + 1}/{n}", {**figures, "history": history}) for i, (figures, history)
+                      in enumerate(zip(metrics["member_figures"], metrics["member_histories"]))]
     models = {}
-    for name, found in (("retriever", metrics), ("sasrec", sasrec)):
+    for name, found in shown:
         if found is not None:
             figures = {k: found.get(k) for k in ("arch", "params", "steps", "best_step", "seconds",
                                                    "tokens_per_s", "targets_per_s", "stopped_early")}

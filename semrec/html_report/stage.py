@@ -78,9 +78,9 @@ def _retriever(ret: dict) -> Section:
     section.body = table(["model", "parameters", "steps", "best step", "tokens/s", "targets/s", "seconds"], rows)
     all_curves = {name: m["curves"] for name, m in models.items()}
     losses, validation = ["loss", "valid_loss"], ["valid_recall@10", "valid_ndcg@10"]
-    if set(losses) & set(models.get("retriever", {}).get("curves", {})):
-        section.charts.append(Chart(charts.curves({"retriever": models["retriever"]["curves"]}, "Retriever loss",
-                                                  losses, "cross-entropy")))
+    retrievers = {name: m["curves"] for name, m in models.items() if name.startswith("retriever")}  # an ensemble's members too
+    if any(set(losses) & set(found) for found in retrievers.values()):
+        section.charts.append(Chart(charts.curves(retrievers, "Retriever loss", losses, "cross-entropy")))
     if any(set(validation) & set(found) for found in all_curves.values()):
         section.charts.append(Chart(charts.curves(all_curves, "Validation Recall@10 and NDCG@10", validation, "metric")))
     return section

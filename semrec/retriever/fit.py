@@ -3,6 +3,12 @@
 Writes retriever/model.safetensors (weights + model config), retriever/config.json (the model
 config, the digest of the semantic IDs it was trained on, the settings) and retriever/metrics.json
 (the validation curve, the best step, training time and throughput).
+
+With retriever.ensemble = N > 1 it trains N models one after the other, member i from seed
+project.seed + i (its initial weights, data order and dropout), each validated on the same users
+and given 1/N of train.max_minutes, and saves them together (semrec.retriever.ensemble): eval and
+recommend then rank with all of them. Each member has its own checkpoints, so an interrupted fit
+resumes inside the member it stopped in, and the finished ones are only read back.
 """
 
 import dataclasses
@@ -16,11 +22,13 @@ from semrec import distributed
 from semrec.errors import SemrecError
 from semrec.metrics import ranking_metrics
 from semrec.retriever.beam import ItemTrie
+from semrec.retriever.checkpoint import load_retriever
 from semrec.retriever.data import Batches, SemanticIds, read_semantic_ids, read_sequences
+from semrec.retriever.ensemble import Ensemble
 from semrec.retriever.model import Retriever, RetrieverConfig, build_retriever
 from semrec.retriever.rank import rank_users
 from semrec.device import autocast, resolve_device
-from semrec.train import TrainConfig, epoch_indices, train
+from semrec.train import TrainConfig, TrainResult, epoch_indices, train
 from semrec.artifacts import INTERACTIONS, RETRIEVER, SEMANTIC_IDS, SPLITS, TOKENIZER
 from semrec.io import atomic_write_json
 
@@ -33,11 +41,12 @@ class RetrieverTask:
     """The retriever for semrec.train: batches of windows, cross-entropy, validation Recall/NDCG@10."""
 
     def __init__(self, model: Retriever, batches: Batches, trie: ItemTrie, batch_size: int, seed: int,
-                 beam_size: int, valid_users: int, eval_batch_size: int):
+                 beam_size: int, valid_users: int, eval_batch_size: int, valid_seed: int):
         self.model, self.batches, self.trie = model, batches, trie
         self.batch_size, self.seed, self.beam_size, self.eval_batch_size = batch_size, seed, beam_size, eval_batch_size
         batches.sequences.require_windows()
-        self.valid_rows, self.valid_histories, self.valid_targets = batches.sequences.validation_sample(valid_users, seed)
+        self.valid_rows, self.valid_histories, self.valid_targets = batches.sequences.validation_sample(
+            valid_users, valid_seed)
         self.tokens_seen = self.targets_seen = 0
         self.valid_seconds = 0.0
 
@@ -75,17 +84,22 @@ class RetrieverTask:
     def validate(self) -> dict[str, float]:
         started = time.perf_counter()
         loss = self.validation_loss()
-        ranked = rank_users(self.model, self.trie, self.batches, self.valid_histories, self.valid_rows, k=VALID_K,
-                            beam_size=self.beam_size, batch_size=self.eval_batch_size)
-        metrics = ranking_metrics(ranked, self.valid_targets, [VALID_K])
+        metrics = self.rank_validation(self.model)
         self.valid_seconds += time.perf_counter() - started
         return {"score": metrics[f"ndcg@{VALID_K}"], **metrics, "loss": loss}
 
+    def rank_validation(self, model) -> dict[str, float]:
+        """Recall and NDCG@10 of a model (or an ensemble) on the validation users by constrained beam search."""
+        ranked = rank_users(model, self.trie, self.batches, self.valid_histories, self.valid_rows, k=VALID_K,
+                            beam_size=self.beam_size, batch_size=self.eval_batch_size)
+        return ranking_metrics(ranked, self.valid_targets, [VALID_K])
 
-def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
-    """The model, data and validation of this workspace's retriever, ready for semrec.train."""
+
+def build_task(ws, device: torch.device, member: int = 0) -> tuple[RetrieverTask, SemanticIds]:
+    """The model, data and validation of this workspace's retriever (of its ensemble's member `member`,
+    seeded project.seed + member), ready for semrec.train."""
     s = ws.settings.retriever
-    seed = ws.settings.project.seed
+    seed = ws.settings.project.seed + member
     torch.manual_seed(seed)
     ids = read_semantic_ids(ws.path(SEMANTIC_IDS), ws.path(TOKENIZER))
     sequences = read_sequences(ws.path(SPLITS), ws.path(INTERACTIONS), s.user_bins, s.max_seq_len, s.training)
@@ -101,10 +115,51 @@ def build_task(ws, device: torch.device) -> tuple[RetrieverTask, SemanticIds]:
     trie = ItemTrie(ids.codes, torch.arange(len(ids.codes)), config.level_sizes, device)
     model.use_trie(trie)
     task = RetrieverTask(model, batches, trie, s.train.batch_size, seed, s.valid_beam_size, s.valid_users,
-                         ws.settings.eval.batch_size)
+                         ws.settings.eval.batch_size, valid_seed=ws.settings.project.seed)
     if compiled:
         model.compile()
     return task, ids
+
+
+@dataclass
+class Member:
+    """One trained model of retriever.ensemble (with ensemble = 1, the model itself): how its training went."""
+
+    model: Retriever
+    result: TrainResult
+    train_seconds: float
+    valid_seconds: float
+    tokens: int
+    targets: int
+
+    def figures(self) -> dict:
+        return {**self.result.figures(VALID_K), "tokens_per_s": round(self.tokens / self.train_seconds),
+                "targets_per_s": round(self.targets / self.train_seconds)}
+
+
+def fit_member(ws, run, device: torch.device, member: int) -> tuple[Member, RetrieverTask, SemanticIds]:
+    """Train member `member` of retriever.ensemble (seed project.seed + member) in its own checkpoint folder."""
+    s = ws.settings.retriever
+    task, ids = build_task(ws, device, member)
+    model, sequences = task.model, task.batches.sequences
+    which = f" {member + 1} of {s.ensemble}" if s.ensemble > 1 else ""
+    ws.reporter.info(
+        f"retriever{which}: {model.cfg.arch}, {model.num_params():,} parameters, {s.training} training: "
+        f"{sequences.n_targets:,} targets in {len(sequences):,} windows of {sequences.n_users:,} users, on {device}"
+    )
+    config = TrainConfig.from_settings(
+        s.train, eval_every=s.eval_every, patience=s.patience, seed=ws.settings.project.seed + member,
+        device=str(device), description=f"fit-retriever{which}",
+    )
+    config.max_seconds /= s.ensemble  # the time bound is shared out between the members
+    checkpoints = ws.path(RETRIEVER) / "checkpoints"
+    started = time.perf_counter()
+    result = train(task, config, checkpoints / f"member-{member + 1}" if s.ensemble > 1 else checkpoints,
+                   run.fingerprint, ws.reporter, resume=run.options.get("resume", True) and not run.fresh)
+    distributed.align_from_main([*model.parameters(), *model.buffers()])  # rank 0 alone loaded the best weights
+    train_seconds = max(time.perf_counter() - started - task.valid_seconds, 1e-9)
+    tokens, targets = distributed.sum_over_ranks(task.tokens_seen), distributed.sum_over_ranks(task.targets_seen)
+    return Member(model, result, train_seconds, task.valid_seconds, tokens, targets), task, ids
 
 
 def run_fit_retriever(ws, run) -> dict:
@@ -112,49 +167,57 @@ def run_fit_retriever(ws, run) -> dict:
     s = ws.settings.retriever
     distributed.check_batch_size(s.train.batch_size, "retriever.train.batch_size")
     device = resolve_device(s.device)
-    task, ids = build_task(ws, device)
-    model, config, sequences = task.model, task.model.cfg, task.batches.sequences
-    ws.reporter.info(
-        f"retriever: {config.arch}, {model.num_params():,} parameters, {s.training} training: "
-        f"{sequences.n_targets:,} targets in {len(sequences):,} windows of {sequences.n_users:,} users, on {device}"
-    )
     started = time.perf_counter()
-    result = train(
-        task,
-        TrainConfig.from_settings(
-            s.train, eval_every=s.eval_every, patience=s.patience, seed=ws.settings.project.seed, device=str(device),
-            description="fit-retriever",
-        ),
-        ws.path(RETRIEVER) / "checkpoints", run.fingerprint, ws.reporter,
-        resume=run.options.get("resume", True) and not run.fresh,
-    )
+    members = []
+    for member in range(s.ensemble):  # only the last one's task (data, validation users) is kept
+        trained, task, ids = fit_member(ws, run, device, member)
+        members.append(trained)
+    model = members[0].model if s.ensemble == 1 else Ensemble([m.model for m in members])
+    if s.ensemble > 1:
+        with torch.no_grad(), autocast(device):
+            together = task.rank_validation(model.eval())
+        ws.reporter.info(f"the ensemble of {s.ensemble}: " + ", ".join(f"{k} {v:.4f}" for k, v in together.items()))
     seconds = time.perf_counter() - started
-    train_seconds = max(seconds - task.valid_seconds, 1e-9)
-    tokens, targets = distributed.sum_over_ranks(task.tokens_seen), distributed.sum_over_ranks(task.targets_seen)
     if not distributed.is_main():
         return {}
-    best = result.best or {}
     folder = ws.path(RETRIEVER)
-    model.save(folder / "model.safetensors", {"steps": result.steps, "best_step": best.get("step")})
+    steps = [m.result.steps for m in members]
+    best_steps = [(m.result.best or {}).get("step") for m in members]
+    if s.ensemble == 1:
+        steps, best_steps = steps[0], best_steps[0]
+    model.save(folder / "model.safetensors", {"steps": steps, "best_step": best_steps})
     atomic_write_json(folder / "config.json", {
         "format": FORMAT,
-        "model": dataclasses.asdict(config),
+        "model": dataclasses.asdict(model.cfg),
+        "members": s.ensemble,
         "params": model.num_params(),
         "semantic_ids": {"digest": ids.digest(), "items": len(ids.codes), "kind": ids.kind},
-        "steps": result.steps,
-        "best_step": best.get("step"),
+        "steps": steps,
+        "best_step": best_steps,
         "settings": dataclasses.asdict(s),
     })
+    train_seconds = sum(m.train_seconds for m in members)
+    if s.ensemble == 1:
+        how = members[0].result.figures(VALID_K)
+    else:  # the ensemble's own validation, and what each member reached alone
+        how = {"members": s.ensemble, "steps": sum(steps), **{f"valid_{k}": v for k, v in together.items()},
+               f"member_valid_ndcg@{VALID_K}": [m.figures()[f"valid_ndcg@{VALID_K}"] for m in members],
+               "member_best_step": best_steps}
     figures = {
-        "arch": config.arch,
+        "arch": model.cfg.arch,
         "params": model.num_params(),
-        **result.figures(VALID_K),
+        **how,
         "seconds": round(seconds, 1),
-        "tokens_per_s": round(tokens / train_seconds),
-        "targets_per_s": round(targets / train_seconds),
+        "tokens_per_s": round(sum(m.tokens for m in members) / train_seconds),
+        "targets_per_s": round(sum(m.targets for m in members) / train_seconds),
     }
-    atomic_write_json(folder / "metrics.json", {**figures, "history": result.history, "best": result.best,
-                                               "validation_seconds": round(task.valid_seconds, 1)})
+    if s.ensemble == 1:
+        curves = {"history": members[0].result.history, "best": members[0].result.best}
+    else:
+        curves = {"member_figures": [m.figures() for m in members],
+                  "member_histories": [m.result.history for m in members]}
+    atomic_write_json(folder / "metrics.json", {
+        **figures, **curves, "validation_seconds": round(sum(m.valid_seconds for m in members), 1)})
     return figures
 
 
@@ -162,7 +225,7 @@ def run_fit_retriever(ws, run) -> dict:
 class Trained:
     """A trained retriever with the semantic IDs it decodes to, ready for eval and recommend."""
 
-    model: Retriever
+    model: Retriever | Ensemble
     config: dict  # retriever/config.json
     ids: SemanticIds  # every item's codes, collision tokens clamped to the trained range (history input)
     trie: ItemTrie  # the items the model can generate
@@ -176,8 +239,11 @@ class Trained:
     def summary(self) -> dict:
         cfg = self.config["model"]
         kind = self.config["semantic_ids"]["kind"]
-        return {"name": f"{cfg['arch']} retriever ({kind} IDs)", "arch": cfg["arch"], "params": self.config["params"],
-                "tokenizer": kind, "steps": self.config["steps"], "best_step": self.config["best_step"]}
+        members = self.config.get("members", 1)
+        together = f", {members} seeds" if members > 1 else ""
+        return {"name": f"{cfg['arch']} retriever ({kind} IDs{together})", "arch": cfg["arch"],
+                "params": self.config["params"], "members": members, "tokenizer": kind, "steps": self.config["steps"],
+                "best_step": self.config["best_step"]}
 
     def autocast(self):
         return autocast(self.device)
@@ -212,7 +278,7 @@ def load_trained(ws, device: torch.device) -> Trained:
         )
     s = ws.settings.retriever
     expect = {"arch": s.arch, "levels": ids.levels, "codebook_size": ids.codebook_size, "user_bins": s.user_bins}
-    model = Retriever.load(folder / "model.safetensors", device, expect=expect)
+    model = load_retriever(folder / "model.safetensors", device, expect=expect)
     collisions = model.cfg.collision_size
     decodable = ids.codes[:, -1] < collisions
     rows = torch.nonzero(decodable)[:, 0]

@@ -46,7 +46,7 @@ of `Retriever` that implement `forward`, `start` and `step_logits` (all that bea
   item (the sum of its tokens' embeddings), and small blocks that spell the next item's tokens from
   the last item's state alone.
 This module holds what they share: the config, the embeddings, attention blocks, the output head,
-saving and loading.
+saving (semrec.retriever.checkpoint reads a file back).
 
 Decoding (`start` then `step_logits`, used by beam.py) computes the history once per user: the
 encoder memory's cross-attention keys and values, or the decoder-only stack's per-layer keys and
@@ -63,7 +63,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semrec.errors import SemrecError
 from semrec.registry import ARCHITECTURES
 
 PAD, BOS = 0, 1
@@ -461,35 +460,6 @@ class Retriever(nn.Module):
         from semrec.io import write_weights
 
         write_weights(path, self.state_dict(), {"config": asdict(self.cfg), **(metadata or {})})
-
-    @classmethod
-    def load(cls, path: Path, device: torch.device | str = "cpu", expect: dict | None = None) -> "Retriever":
-        """Rebuild a model from its file; `expect` (arch and vocabulary fields) must match the checkpoint's."""
-        from safetensors import SafetensorError
-
-        from semrec.io import read_weights
-
-        try:
-            tensors, meta = read_weights(path, device)
-        except (OSError, SafetensorError, ValueError) as e:
-            raise SemrecError(f"cannot read the retriever {path}: {e}", "run `semrec fit-retriever --force`") from e
-        if "config" not in meta:
-            raise SemrecError(f"{path} has no model config: it is not a semrec retriever", "run `semrec fit-retriever --force`")
-        cfg = RetrieverConfig.from_dict(meta["config"])
-        for key, wanted in (expect or {}).items():
-            have = getattr(cfg, key)
-            if have != wanted:
-                raise SemrecError(
-                    f"the retriever in {path} was trained with {key} = {have!r}, but the current settings "
-                    f"and semantic IDs need {key} = {wanted!r}",
-                    "run `semrec fit-retriever` to train it for the current settings",
-                )
-        model = ARCHITECTURES[cfg.arch].load()(cfg).to(device)  # its items' IDs, if any, come with the weights
-        try:
-            model.load_state_dict(tensors)
-        except RuntimeError as e:
-            raise SemrecError(f"{path} does not fit its own config: {e}", "run `semrec fit-retriever --force`") from e
-        return model.eval()
 
 
 def smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: float) -> Tensor:
