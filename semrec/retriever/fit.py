@@ -148,7 +148,7 @@ def fit_member(ws, run, device: torch.device, member: int) -> tuple[Member, Retr
         f"{sequences.n_targets:,} targets in {len(sequences):,} windows of {sequences.n_users:,} users, on {device}"
     )
     config = TrainConfig.from_settings(
-        s.train, eval_every=s.eval_every, patience=s.patience, seed=ws.settings.project.seed + member,
+        s.train, eval_every=s.eval_every, patience=s.patience, seed=task.seed,
         device=str(device), description=f"fit-retriever{which}",
     )
     config.max_seconds /= s.ensemble  # the time bound is shared out between the members
