@@ -49,7 +49,8 @@ def seconds_per_step(ws, device, steps: int = 4) -> float:
 
 
 def trial_workspace(source: Path, scratch: Path, name: str, overrides: dict, device: str, fresh: bool):
-    """The trial's workspace under `scratch`: the source's data and semantic IDs, its own retriever."""
+    """The trial's workspace under `scratch`: the source's data, semantic IDs and SASRec (the teacher of
+    retriever.distill_weight, where the source has one), its own retriever."""
     from bench.overrides import with_settings
     from semrec.project import load_project
     from semrec.report import Reporter
@@ -59,8 +60,9 @@ def trial_workspace(source: Path, scratch: Path, name: str, overrides: dict, dev
     if fresh:
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        for artifact in ("data", "tokenizer", "semantic_ids.parquet"):
-            (root / artifact).symlink_to(source / artifact)
+        for artifact in ("data", "tokenizer", "semantic_ids.parquet", "baselines"):
+            if (source / artifact).exists():
+                (root / artifact).symlink_to(source / artifact)
     project = load_project(explicit=source)
     values = {key if key.startswith(TABLES) else f"retriever.{key}": value for key, value in overrides.items()}
     if device:

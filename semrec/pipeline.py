@@ -61,8 +61,12 @@ def _retriever_settings(settings) -> tuple[str, ...]:
     return ("retriever", "project.seed", "-retriever.device", "-retriever.compile",
             *(f"-retriever.{key}" for key in _HOW_LONG),
             *_left_out_while_off(settings, "retriever.item_embeddings", "retriever.tie_head",
-                                 "retriever.trie_softmax", "retriever.train.ema_decay"),
+                                 "retriever.trie_softmax", "retriever.train.ema_decay", "retriever.distill_weight"),
             *(("-retriever.ensemble",) if settings.retriever.ensemble == 1 else ()))  # added later too; 1 = none
+
+
+def _retriever_upstream(settings) -> tuple[str, ...]:
+    return ("tokenize", "download", *(("fit-baseline",) if settings.retriever.distill_weight else ()))
 
 
 def _baseline_settings(settings) -> tuple[str, ...]:
@@ -150,7 +154,7 @@ STAGES: dict[str, Stage] = {
             "semrec.retriever.fit:run_fit_retriever",
             _retriever_settings,
             ("retriever",),
-            _fixed("tokenize", "download"),
+            _retriever_upstream,
         ),
         Stage(
             "fit-baseline",

@@ -262,6 +262,11 @@ class RetrieverSettings:
         False, "Limit each target token's softmax to the tokens that continue a real item's ID (the catalogue's "
                "trie), in training and in decoding: the model learns the distribution over items that beam "
                "search ranks by.")
+    distill_weight: float = setting(
+        0.0, "Learn SASRec's ranking as well (the workspace's `semrec fit-baseline`, which fit-retriever then "
+             "depends on): each target token's loss is this share of the cross-entropy with SASRec's distribution "
+             "over that token given the true prefix, the rest the cross-entropy with the true token (0 = off). "
+             "Decoding never reads SASRec.", min=0, max=1)
     ensemble: int = setting(
         1, "Train this many models one after another, model i from seed project.seed + i, each given 1/N of "
            "train.max_minutes, and rank with all of them: at every beam step the mean of their log-probabilities.",

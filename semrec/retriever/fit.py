@@ -9,6 +9,9 @@ project.seed + i (its initial weights, data order and dropout), each validated o
 and given 1/N of train.max_minutes, and saves them together (semrec.retriever.ensemble): eval and
 recommend then rank with all of them. Each member has its own checkpoints, so an interrupted fit
 resumes inside the member it stopped in, and the finished ones are only read back.
+
+With retriever.distill_weight > 0 every member also learns the ranking of the workspace's trained
+SASRec (semrec.retriever.distill), which is read in training only.
 """
 
 import dataclasses
@@ -23,6 +26,7 @@ from semrec.errors import SemrecError
 from semrec.metrics import ranking_metrics
 from semrec.retriever.beam import ItemTrie
 from semrec.retriever.checkpoint import load_retriever
+from semrec.retriever.distill import Teacher, soft_cross_entropy
 from semrec.retriever.data import Batches, SemanticIds, read_semantic_ids, read_sequences
 from semrec.retriever.ensemble import Ensemble
 from semrec.retriever.model import Retriever, RetrieverConfig, build_retriever
@@ -41,8 +45,10 @@ class RetrieverTask:
     """The retriever for semrec.train: batches of windows, cross-entropy, validation Recall/NDCG@10."""
 
     def __init__(self, model: Retriever, batches: Batches, trie: ItemTrie, batch_size: int, seed: int,
-                 beam_size: int, valid_users: int, eval_batch_size: int, valid_seed: int):
+                 beam_size: int, valid_users: int, eval_batch_size: int, valid_seed: int,
+                 teacher: Teacher | None = None, distill_weight: float = 0.0):
         self.model, self.batches, self.trie = model, batches, trie
+        self.teacher, self.distill_weight = teacher, distill_weight
         self.batch_size, self.seed, self.beam_size, self.eval_batch_size = batch_size, seed, beam_size, eval_batch_size
         batches.sequences.require_windows()
         self.valid_rows, self.valid_histories, self.valid_targets = batches.sequences.validation_sample(
@@ -63,10 +69,18 @@ class RetrieverTask:
         return sum(int(piece.targets.sum()) for piece in pieces)
 
     def loss(self, pieces):
-        """Mean cross-entropy over every target token of the step's pieces."""
+        """Mean cross-entropy over every target token of the step's pieces (with a teacher, mixed with the
+        cross-entropy against its soft targets: semrec.retriever.distill)."""
         counts = [int(piece.targets.sum()) for piece in pieces]
-        total = sum(self.model(piece).loss * count for piece, count in zip(pieces, counts))
+        total = sum(self.piece_loss(piece) * count for piece, count in zip(pieces, counts))
         return total / sum(counts), {}
+
+    def piece_loss(self, piece):
+        output = self.model(piece)
+        if self.teacher is None:
+            return output.loss
+        soft = soft_cross_entropy(output.logits, self.teacher.soft_targets(piece))
+        return (1 - self.distill_weight) * output.loss + self.distill_weight * soft
 
     def validation_loss(self) -> float:
         """Mean loss over the validation users; each rank computes every world_size-th batch of them."""
@@ -114,8 +128,14 @@ def build_task(ws, device: torch.device, member: int = 0) -> tuple[RetrieverTask
     batches = Batches(ids, sequences, device, seed, pieces=1 if device.type == "cuda" else 4, trim=not compiled)
     trie = ItemTrie(ids.codes, torch.arange(len(ids.codes)), config.level_sizes, device)
     model.use_trie(trie)
+    teacher = None
+    if s.distill_weight:
+        from semrec.baselines.fit import load_sasrec
+
+        teacher = Teacher(load_sasrec(ws, device)[0], trie, ids.codes)
     task = RetrieverTask(model, batches, trie, s.train.batch_size, seed, s.valid_beam_size, s.valid_users,
-                         ws.settings.eval.batch_size, valid_seed=ws.settings.project.seed)
+                         ws.settings.eval.batch_size, valid_seed=ws.settings.project.seed,
+                         teacher=teacher, distill_weight=s.distill_weight)
     if compiled:
         model.compile()
     return task, ids
