@@ -37,12 +37,8 @@ class Teacher:
         self.sasrec, self.trie = sasrec.eval(), trie
         device = trie.tables[0].device
         codes = codes.to(device)
-        order = torch.arange(len(codes), device=device)
-        for p in reversed(range(codes.shape[1])):  # stable sorts, last position first: lexicographic order
-            order = order[torch.sort(codes[order, p], stable=True).indices]
-        self.order = order  # the item at each place of the order
-        place = torch.empty_like(order)
-        place[order] = torch.arange(len(order), device=device)
+        _, place = torch.unique(codes, dim=0, return_inverse=True)  # each item's place in lexicographic order
+        self.order = torch.argsort(place)  # the item at each place of the order
         self.runs = []  # per position p: first place and one past the last of the items under each state
         state = torch.zeros(len(codes), dtype=torch.long, device=device)
         for p, table in enumerate(trie.tables):
