@@ -164,3 +164,13 @@ def test_two_items_with_one_whole_id_are_refused():
     ids[3] = ids[7]
     with pytest.raises(SemrecError, match="share a whole semantic ID"):
         ItemTrie(ids, torch.arange(10), [4, 4, 3])
+
+
+def test_a_walk_down_the_trie_ends_at_each_item_and_stops_where_an_id_leaves_it():
+    codes = torch.tensor([[0, 1, 0], [0, 2, 0], [3, 1, 1]])
+    trie = ItemTrie(codes, torch.tensor([7, 8, 9]), [4, 4, 2])
+    states = trie.walk(codes).tolist()
+    assert [row[-1] for row in states] == [7, 8, 9]
+    assert states[0][0] == states[1][0] != states[2][0]  # one first token, one state
+    off = trie.walk(torch.tensor([[3, 2, 0], [0, 1, 1]])).tolist()
+    assert off == [[states[2][0], -1, -1], [*states[0][:2], -1]]

@@ -11,7 +11,9 @@ from semrec.errors import SemrecError
 from semrec.io import write_weights
 from semrec.pipeline import STAGES, stage_settings
 from semrec.project import preset_settings
-from semrec.retriever.distill import soft_cross_entropy
+from semrec.retriever import distill
+from semrec.retriever.data import Batches
+from semrec.retriever.distill import SoftTargetTable, soft_cross_entropy
 from semrec.retriever.fit import build_task
 from test_collaborative_ids import SASREC_SMALL
 from test_evaluate import prepared_workspace, use_synthetic_tokenizer
@@ -77,6 +79,34 @@ def test_the_teacher_reads_only_the_items_before_each_target(distilling):
         torch.testing.assert_close(probs[m], alone, atol=1e-6, rtol=1e-5)
 
 
+def test_the_table_gives_every_step_the_teachers_soft_targets(distilling):
+    task, _, _ = distilling
+    assert isinstance(task.soft_targets, SoftTargetTable)  # computed once, before training
+    for step in (0, 3, 11):
+        for piece in task.batch(step):
+            for cached, fresh in zip(task.soft_targets(piece), task.teacher.soft_targets(piece), strict=True):
+                torch.testing.assert_close(cached, fresh, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_each_training_item_knows_its_place_in_the_packed_items(distilling, trim):
+    task, ids, _ = distilling
+    sequences = task.batches.sequences
+    batches = Batches(ids, sequences, torch.device("cpu"), seed=0, pieces=3, trim=trim)
+    for piece in batches.training(torch.arange(len(sequences)), step=0):
+        real = piece.items[..., 0] >= 0
+        assert torch.equal(real, piece.source >= 0)
+        assert torch.equal(ids.codes[sequences.flat[piece.source[real]]], piece.items[real])
+
+
+def test_a_table_too_large_to_keep_leaves_the_teacher_to_run_at_every_step(make_workspace, monkeypatch):
+    monkeypatch.setattr(distill, "SOFT_TARGET_TABLE_BYTES", 0)
+    ws = prepared_workspace(make_workspace, **DISTILL)
+    save_random_sasrec(ws, n_items=300)
+    task, _ = build_task(ws, torch.device("cpu"))
+    assert task.soft_targets == task.teacher.soft_targets
+
+
 def test_soft_cross_entropy_of_a_one_hot_target_is_the_cross_entropy_and_skips_ruled_out_tokens():
     logits = [torch.randn(5, 7, generator=torch.Generator().manual_seed(0))]
     target = torch.tensor([0, 3, 6, 2, 2])
@@ -87,7 +117,8 @@ def test_soft_cross_entropy_of_a_one_hot_target_is_the_cross_entropy_and_skips_r
 
 
 def test_off_by_default_and_on_it_makes_fit_retriever_depend_on_sasrec():
-    settings = preset_settings("beauty")
+    assert preset_settings("beauty").retriever.distill_weight == 0.5
+    settings = preset_settings("demo")
     assert settings.retriever.distill_weight == 0
     assert "distill_weight" not in stage_settings(settings, "fit-retriever")["retriever"]
     assert "fit-baseline" not in STAGES["fit-retriever"].upstream(settings)

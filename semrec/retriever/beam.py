@@ -45,18 +45,24 @@ class ItemTrie:
             parent = child
         self.size = len(codes)
 
+    def walk(self, codes: Tensor) -> Tensor:
+        """Codes (M, L+1) -> the state (M, L+1) each ID reaches after each of its tokens: after the last,
+        its item id; -1 from where it leaves the trie."""
+        state = torch.zeros(len(codes), dtype=torch.long, device=codes.device)
+        states = []
+        for p, table in enumerate(self.tables):
+            state = torch.where(state >= 0, table[state.clamp(min=0), codes[:, p]], -1)
+            states.append(state)
+        return torch.stack(states, 1)
+
     def allowed(self, codes: Tensor) -> list[Tensor]:
         """Codes (M, L+1) of catalogue items -> per position p, (M, V_p) bool: the tokens that continue
         each item's first p tokens to some catalogue item."""
-        state = torch.zeros(len(codes), dtype=torch.long, device=codes.device)
-        allowed = []
-        for p, table in enumerate(self.tables):
-            row = table[state]  # (M, V_p)
-            allowed.append(row >= 0)
-            state = row.gather(1, codes[:, p : p + 1])[:, 0]
-            if bool((state < 0).any()):
-                raise ValueError("a target's semantic ID is not in the trie: it is no item of the catalogue")
-        return allowed
+        states = self.walk(codes)
+        if bool((states[:, -1] < 0).any()):
+            raise ValueError("a target's semantic ID is not in the trie: it is no item of the catalogue")
+        parents = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], 1)
+        return [table[parents[:, p]] >= 0 for p, table in enumerate(self.tables)]
 
 
 class Ranked(NamedTuple):

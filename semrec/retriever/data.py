@@ -163,14 +163,18 @@ class Sequences:
             return (torch.arange(len(index)),)
         return torch.argsort(self.window_lengths(index), stable=True).chunk(pieces)
 
+    def window_positions(self, index: Tensor) -> Tensor:
+        """Windows `index` (B,) -> where each of their items lies in the packed training items (B, n),
+        left-padded with -1."""
+        n = int(self.window_lengths(index).max())
+        window = self.window_end[index][:, None] - n + 1 + torch.arange(n)  # (B, n)
+        return torch.where(window >= self.window_start[index][:, None], window, -1)
+
     def training_items(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Windows `index` (B,) -> item ids (B, n) left-padded with -1, which are targets (B, n), user rows (B,)."""
-        end = self.window_end[index]
-        n = int(self.window_lengths(index).max())
-        window = end[:, None] - n + 1 + torch.arange(n)  # (B, n)
-        real = window >= self.window_start[index][:, None]
-        items = torch.where(real, self.flat[window.clamp(min=0)], -1)
-        return items, window >= self.first_target[index][:, None], self.window_user[index]
+        position = self.window_positions(index)
+        items = torch.where(position >= 0, self.flat[position.clamp(min=0)], -1)
+        return items, position >= self.first_target[index][:, None], self.window_user[index]
 
     def require_windows(self) -> None:
         """Refuse data with nothing to train on."""
@@ -252,7 +256,9 @@ class Batches:
         for rows in self.sequences.pieces_by_length(index, self.pieces):
             items, targets, user_row = self.sequences.training_items(index[rows])
             user = torch.where(drop[rows], -1, self.sequences.bins[user_row])
-            batches.append(self._batch(items, user, targets, self.sequences.max_seq_len + 1))
+            batch = self._batch(items, user, targets, self.sequences.max_seq_len + 1)
+            source = self.sequences.window_positions(index[rows]).to(self.device)
+            batches.append(batch._replace(source=self._pad_like(source, batch.items.shape[1])))
         return batches
 
     def evaluation(self, history: Tensor, user_rows: Tensor, target: Tensor) -> Batch:
@@ -271,11 +277,18 @@ class Batches:
     def _batch(self, items: Tensor, user: Tensor, targets: Tensor, width: int) -> Batch:
         items, targets = items.to(self.device), targets.to(self.device)
         if not self.trim and items.shape[1] < width:  # fixed shapes: pad every batch to `width` items
-            pad = width - items.shape[1]
-            items = torch.cat([torch.full((len(items), pad), -1, device=self.device), items], 1)
-            targets = torch.cat([torch.zeros((len(targets), pad), dtype=torch.bool, device=self.device), targets], 1)
+            items, targets = self._pad_like(items, width), self._pad_like(targets, width)
         codes = history_codes(self.codes, items, trim=self.trim)  # (B, n, L+1)
         return Batch(items=codes, user=user.to(self.device), targets=targets[:, targets.shape[1] - codes.shape[1]:])
+
+    @staticmethod
+    def _pad_like(values: Tensor, width: int) -> Tensor:
+        """(B, n) left-padded, or cut from the left, to (B, width): -1 (False for a mask) in front."""
+        if values.shape[1] >= width:
+            return values[:, values.shape[1] - width:]
+        fill = False if values.dtype == torch.bool else -1
+        pad = torch.full((len(values), width - values.shape[1]), fill, dtype=values.dtype, device=values.device)
+        return torch.cat([pad, values], 1)
 
     def tokens(self, index: Tensor) -> int:
         """Real tokens (every item of the windows, not padding) in the training windows `index`."""

@@ -13,11 +13,14 @@ model whose full softmax over item IDs ranks better than it on its own. Only tra
 teacher; validation, its loss and decoding are the retriever's alone.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from semrec.baselines.sasrec import SASRec
 from semrec.retriever.beam import ItemTrie
+from semrec.retriever.data import Batches
 from semrec.retriever.model import Batch
 
 
@@ -40,9 +43,8 @@ class Teacher:
         _, place = torch.unique(codes, dim=0, return_inverse=True)  # each item's place in lexicographic order
         self.order = torch.argsort(place)  # the item at each place of the order
         self.runs = []  # per position p: first place and one past the last of the items under each state
-        state = torch.zeros(len(codes), dtype=torch.long, device=device)
-        for p, table in enumerate(trie.tables):
-            state = table[state, codes[:, p]]  # each item's prefix of p + 1 tokens (its item id at the end)
+        states = trie.walk(codes)  # each item's prefix of p + 1 tokens (its item id at the end)
+        for state, table in zip(states.T, trie.tables):
             n = int(table.max()) + 1
             first = torch.full((n,), len(codes), device=device).scatter_reduce(0, state, place, "amin")
             after = torch.zeros(n, dtype=torch.long, device=device).scatter_reduce(0, state, place + 1, "amax")
@@ -50,11 +52,8 @@ class Teacher:
 
     def item_ids(self, items: Tensor) -> Tensor:
         """(B, n, L+1) codes, padding -1 -> (B, n) item ids, -1 for padding (walked down the trie)."""
-        real = items[..., 0] >= 0
-        state = torch.zeros(items.shape[:2], dtype=torch.long, device=items.device)
-        for p, table in enumerate(self.trie.tables):
-            state = table[state.clamp(min=0), items[..., p].clamp(min=0)]
-        return torch.where(real, state, -1)
+        item = self.trie.walk(items.clamp(min=0).flatten(0, 1))[:, -1].view(items.shape[:2])
+        return torch.where(items[..., 0] >= 0, item, -1)
 
     @torch.no_grad()
     def item_probabilities(self, batch: Batch) -> Tensor:
@@ -74,17 +73,57 @@ class Teacher:
         its true first p tokens."""
         probs = self.item_probabilities(batch)[:, self.order].double()
         below = torch.cat([torch.zeros_like(probs[:, :1]), probs.cumsum(1)], 1)  # (M, N+1): mass before each place
-        target = batch.items[batch.targets]  # (M, L+1)
-        state = torch.zeros(len(target), dtype=torch.long, device=target.device)
+        states = self.trie.walk(batch.items[batch.targets])  # (M, L+1): each target's prefixes
+        parents = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], 1)
         soft = []
-        for p, (table, (first, after)) in enumerate(zip(self.trie.tables, self.runs)):
-            child = table[state]  # (M, V_p): the state each token leads to, -1 where no item does
+        for parent, table, (first, after) in zip(parents.T, self.trie.tables, self.runs):
+            child = table[parent]  # (M, V_p): the state each token leads to, -1 where no item does
             known = child.clamp(min=0)
             mass = (below.gather(1, after[known]) - below.gather(1, first[known])).clamp(min=0)
             mass = torch.where(child >= 0, mass, 0.0)
             soft.append((mass / mass.sum(1, keepdim=True).clamp(min=1e-300)).float())
-            state = child.gather(1, target[:, p : p + 1])[:, 0]
         return soft
+
+
+SOFT_TARGET_TABLE_BYTES = 2 * 1024**3
+"""The largest SoftTargetTable kept (Beauty's is 0.5 GB); above it the teacher runs at every step."""
+
+
+def soft_target_source(teacher: Teacher, batches: Batches) -> Callable[[Batch], list[Tensor]]:
+    """What gives a training piece its soft targets: the table when it fits, else the teacher itself."""
+    if SoftTargetTable.bytes_needed(teacher, batches) <= SOFT_TARGET_TABLE_BYTES:
+        return SoftTargetTable(teacher, batches)
+    return teacher.soft_targets
+
+
+class SoftTargetTable:
+    """Every training target's soft targets, computed once before training and looked up at each step.
+
+    The teacher is fixed and so is each target's window (semrec.retriever.data: every target belongs
+    to one window), so the soft targets of a target are the same in every epoch: computing them once
+    saves the teacher's pass over the catalogue at every step, which cost 1.5 times the retriever's own
+    step on Beauty. Rows are the targets' places in the packed training items (Batch.source).
+    """
+
+    def __init__(self, teacher: Teacher, batches: Batches, chunk: int = 512):
+        sequences = batches.sequences
+        device = batches.device
+        widths = [table.shape[1] for table in teacher.trie.tables]
+        self.levels = [torch.zeros(len(sequences.flat), width, device=device) for width in widths]
+        for start in range(0, len(sequences), chunk):
+            for piece in batches.training(torch.arange(start, min(start + chunk, len(sequences))), step=0):
+                rows = piece.source[piece.targets]
+                for level, q in zip(self.levels, teacher.soft_targets(piece)):
+                    level[rows] = q
+
+    @staticmethod
+    def bytes_needed(teacher: Teacher, batches: Batches) -> int:
+        return 4 * len(batches.sequences.flat) * sum(table.shape[1] for table in teacher.trie.tables)
+
+    def __call__(self, batch: Batch) -> list[Tensor]:
+        """Per item position p, q_p (M, V_p) of the batch's targets, as Teacher.soft_targets gives them."""
+        rows = batch.source[batch.targets]
+        return [level[rows] for level in self.levels]
 
 
 def soft_cross_entropy(logits: list[Tensor], soft: list[Tensor]) -> Tensor:

@@ -26,7 +26,7 @@ from semrec.errors import SemrecError
 from semrec.metrics import ranking_metrics
 from semrec.retriever.beam import ItemTrie
 from semrec.retriever.checkpoint import load_retriever
-from semrec.retriever.distill import Teacher, soft_cross_entropy
+from semrec.retriever.distill import Teacher, soft_cross_entropy, soft_target_source
 from semrec.retriever.data import Batches, SemanticIds, read_semantic_ids, read_sequences
 from semrec.retriever.ensemble import Ensemble
 from semrec.retriever.model import Retriever, RetrieverConfig, build_retriever
@@ -49,6 +49,7 @@ class RetrieverTask:
                  teacher: Teacher | None = None, distill_weight: float = 0.0):
         self.model, self.batches, self.trie = model, batches, trie
         self.teacher, self.distill_weight = teacher, distill_weight
+        self.soft_targets = soft_target_source(teacher, batches) if teacher is not None else None
         self.batch_size, self.seed, self.beam_size, self.eval_batch_size = batch_size, seed, beam_size, eval_batch_size
         batches.sequences.require_windows()
         self.valid_rows, self.valid_histories, self.valid_targets = batches.sequences.validation_sample(
@@ -77,9 +78,9 @@ class RetrieverTask:
 
     def piece_loss(self, piece):
         output = self.model(piece)
-        if self.teacher is None:
+        if self.soft_targets is None:
             return output.loss
-        soft = soft_cross_entropy(output.logits, self.teacher.soft_targets(piece))
+        soft = soft_cross_entropy(output.logits, self.soft_targets(piece))
         return (1 - self.distill_weight) * output.loss + self.distill_weight * soft
 
     def validation_loss(self) -> float:

@@ -138,6 +138,7 @@ class Batch(NamedTuple):
     items: Tensor  # (B, n, L+1) level-local codes of a window of items; -1 = no item (left-padded)
     user: Tensor  # (B,) user bin; -1 = no user token
     targets: Tensor  # (B, n) bool: the items predicted, each from the window's items before it
+    source: Tensor | None = None  # (B, n) training windows: each item's place in the packed training items, -1 = none
 
 
 class Output(NamedTuple):
