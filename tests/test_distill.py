@@ -116,7 +116,7 @@ def test_soft_cross_entropy_of_a_one_hot_target_is_the_cross_entropy_and_skips_r
     assert torch.isfinite(soft_cross_entropy(ruled_out, one_hot))
 
 
-def test_off_by_default_and_on_it_makes_fit_retriever_depend_on_sasrec():
+def test_on_in_the_amazon_presets_off_in_the_demo_and_on_it_makes_fit_retriever_depend_on_sasrec():
     assert preset_settings("beauty").retriever.distill_weight == 0.5
     settings = preset_settings("demo")
     assert settings.retriever.distill_weight == 0
